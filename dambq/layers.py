@@ -1,0 +1,126 @@
+"""Drop-in quantized Conv2d and Linear.
+
+A quantized layer is the float layer plus two small quantizer modules: one for
+its weight (`weight_quant`) and one for its input (`act_quant`). Biases are kept
+(V2 dropped them). `fixed_8bit=True` gives the first/last-layer variant: 8-bit
+weights and an 8-bit tracked input range, outside the bit allocation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .codebook import MAX_BITS
+from .quantizers import MAX_ACT_BITS, DMBQWeight, Int8Act, Int8Weight, UniformAct, _as_bits
+
+GRANULARITIES = ("channel", "layer")
+
+
+class QuantMixin:
+    """What Quant layers share: building their quantizers, bits, and repr."""
+
+    weight_quant: nn.Module
+    act_quant: nn.Module
+    fixed_8bit: bool
+
+    def _build_quantizers(self, act_channels: int, act_channel_dim: int, weight_bits: int,
+                          act_bits: int, granularity: str, codebook: str, fixed_8bit: bool) -> None:
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        self.fixed_8bit, self.granularity = fixed_8bit, granularity
+        weight_groups = self.weight.shape[0] if granularity == "channel" else 1
+        if fixed_8bit:
+            self.weight_quant = Int8Weight(weight_groups)
+            self.act_quant = Int8Act(act_channels)
+        else:
+            self.weight_quant = DMBQWeight(self.weight, weight_groups, weight_bits, codebook)
+            if granularity == "channel":
+                self.act_quant = UniformAct(act_channels, act_bits, act_channel_dim)
+            else:  # one bit-width for the whole input
+                self.act_quant = UniformAct(1, act_bits, channel_dim=None)
+
+    @property
+    def weight_bits(self) -> Tensor:
+        """Bits per weight group (LongTensor)."""
+        return self.weight_quant.bits
+
+    @property
+    def act_bits(self) -> Tensor:
+        """Bits per input channel (LongTensor; one value under layer granularity)."""
+        return self.act_quant.bits
+
+    def set_bits(self, weight_bits: int | Tensor | None = None, act_bits: int | Tensor | None = None) -> None:
+        """Set weight bits per group and/or activation bits per channel (int or tensor).
+
+        Why a method: it range-checks (weights 0..4, activations 0..8) and keeps
+        the buffers on their device, so callers never write a bad bit-width."""
+        if self.fixed_8bit:
+            raise ValueError(f"{type(self).__name__} is fixed at 8 bits; its bits cannot be set")
+        if weight_bits is not None:
+            bits = _as_bits(weight_bits, self.weight_bits.numel(), 0, MAX_BITS, "weight_bits")
+            self.weight_quant.bits.copy_(bits)
+        if act_bits is not None:
+            bits = _as_bits(act_bits, self.act_bits.numel(), 0, MAX_ACT_BITS, "act_bits")
+            self.act_quant.bits.copy_(bits)
+
+    def quantized_weight(self) -> Tensor:
+        """The weight the forward pass uses (no EMA update when in eval mode)."""
+        return self.weight_quant(self.weight)
+
+
+class QuantConv2d(QuantMixin, nn.Conv2d):
+    """nn.Conv2d with DMBQ weights (one code per output channel) and quantized input."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
+                 weight_bits: int = 4, act_bits: int = 4, granularity: str = "channel",
+                 codebook: str = "lookup", fixed_8bit: bool = False, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device=device, dtype=dtype)
+        self._build_quantizers(in_channels, 1, weight_bits, act_bits, granularity, codebook, fixed_8bit)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, **quant_args) -> "QuantConv2d":
+        """A quantized copy of `conv`, weight and bias included."""
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                    conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+                    **quant_args)
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        layer.weight_quant.reset_statistics(layer.weight)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+class QuantLinear(QuantMixin, nn.Linear):
+    """nn.Linear with DMBQ weights (one code per output row) and quantized input."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 weight_bits: int = 4, act_bits: int = 4, granularity: str = "channel",
+                 codebook: str = "lookup", fixed_8bit: bool = False, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._build_quantizers(in_features, -1, weight_bits, act_bits, granularity, codebook, fixed_8bit)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **quant_args) -> "QuantLinear":
+        """A quantized copy of `linear`, weight and bias included."""
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype, **quant_args)
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        layer.weight_quant.reset_statistics(layer.weight)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+
+
+QUANT_LAYERS: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
