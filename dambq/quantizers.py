@@ -180,46 +180,50 @@ class _UniformActQuant(torch.autograd.Function):
     rest. Gradients: straight-through for x inside [0, clip]; for the clip,
     (y - x) / clip inside and 1 above (the exact derivative with round treated as
     identity). With `sensitivity` given, backward adds per channel
-    sum (x - Q(x)) * dL/dQ (or, with `track_next`, sum (Q_{b-1} - Q_b) * dL/dQ)."""
+    sum (x - Q(x)) * dL/dQ (or, with `track_next`, sum (Q_{b-1} - Q_b) * dL/dQ).
+
+    Speed (2 CPU cores, [128, 16, 32, 32]): in-place ops cost ~0.15 ms, a fresh
+    buffer ~0.3-0.5 ms, a boolean mask into `where` ~4 ms; hence multiplications
+    by inverse steps, in-place clamps, and a float mask written by `eq(out=)`."""
 
     @staticmethod
-    def forward(ctx, x, clip, n_levels, channel_shape, sensitivity, track_next):
-        n = n_levels.view(channel_shape).to(x.dtype)
-        step = clip.to(x.dtype) / n.clamp_min(1)
-        y = x / step
+    def forward(ctx, x, clip, n, sensitivity, track_next):
+        n = n.to(x.dtype)
+        inv_step = n / clip.to(x.dtype)
+        y = x * inv_step
         y.clamp_(min=0)
         torch.minimum(y, n, out=y)
-        y.round_().mul_(step)
-        ctx.save_for_backward(x, clip, n_levels)
-        ctx.channel_shape, ctx.sensitivity, ctx.track_next = channel_shape, sensitivity, track_next
+        y.round_().mul_(1 / inv_step.clamp_min(1e-30))
+        # y is saved too: the next layer keeps it for its own backward, so it is free
+        ctx.save_for_backward(x, y, clip, n)
+        ctx.sensitivity, ctx.track_next = sensitivity, track_next
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, clip, n_levels = ctx.saved_tensors
-        n = n_levels.view(ctx.channel_shape).to(x.dtype)
-        step = clip.to(x.dtype) / n.clamp_min(1)
-        z = x / step                                   # x in level units
-        zc = z.clamp(min=0)
-        torch.minimum(zc, n, out=zc)
-        inside = (z == zc) & (n > 0)                   # 0 <= x <= clip, channel alive
-        y_units = zc.round()
-        reduce_dims = [d for d, s in enumerate(ctx.channel_shape) if s == 1]
-        # d y / d clip in units of 1/n: inside (round(z) - z), above n (so 1), below 0
-        grad_clip_units = (grad_y * (y_units - z * inside)).sum(reduce_dims)
-        grad_clip = (grad_clip_units / n.clamp_min(1).reshape(-1)).sum().reshape(clip.shape)
+        x, y, clip, n = ctx.saved_tensors
+        clip_ = clip.to(x.dtype)
+        reduce_dims = [d for d, s in enumerate(n.shape) if s == 1]
+        per_channel = lambda t: t.sum(reduce_dims, keepdim=True)  # noqa: E731
+        # inside [0, clip] <=> |x - clip/2| <= clip/2; a pruned channel gets -1: never inside
+        half = torch.where(n > 0, clip_ / 2, -1.0)
+        grad_x = (x - half).abs_().le_(half).mul_(grad_y)
+        # d y / d clip = (y - x * inside) / clip: (y - x) / clip inside, 1 above, 0 below
+        buffer = torch.mul(grad_y, y)
+        grad_y_dot_y = per_channel(buffer)
+        grad_clip = ((grad_y_dot_y - per_channel(torch.mul(grad_x, x, out=buffer))).sum() / clip_)
         if ctx.sensitivity is not None:
             with torch.no_grad():
-                if ctx.track_next:
-                    n_next = ((n + 1) / 2 - 1).clamp_min(0)          # 2^(b-1) - 1
-                    step_next = clip.to(x.dtype) / n_next.clamp_min(1)
-                    y_next = (x / step_next).clamp_(min=0)
-                    torch.minimum(y_next, n_next, out=y_next)
-                    delta = y_next.round_().mul_(step_next) - y_units * step
-                else:
-                    delta = (z - y_units).mul_(step)
-                ctx.sensitivity.add_((grad_y * delta).sum(reduce_dims).reshape(-1))
-        return grad_y * inside, grad_clip, None, None, None, None
+                if ctx.track_next:  # Q at b-1 bits: n' = (n + 1) / 2 - 1 levels above zero
+                    n_next = ((n + 1) / 2 - 1).clamp_min(0)
+                    inv_next = n_next / clip_
+                    y_next = torch.mul(x, inv_next, out=buffer).clamp_(min=0)
+                    torch.minimum(y_next, n_next, out=y_next).round_().mul_(1 / inv_next.clamp_min(1e-30))
+                    delta = per_channel(y_next.mul_(grad_y)) - grad_y_dot_y
+                else:  # sum g * (x - y)
+                    delta = per_channel(torch.mul(grad_y, x, out=buffer)) - grad_y_dot_y
+                ctx.sensitivity.add_(delta.reshape(-1))
+        return grad_x, grad_clip.reshape(clip.shape), None, None, None
 
 
 class UniformAct(nn.Module):
@@ -249,9 +253,8 @@ class UniformAct(nn.Module):
             channel_shape[dim] = self.channels
         self.positions.fill_(x[0].numel() // self.channels)
         sensitivity = self.step_sensitivity if self.track and torch.is_grad_enabled() else None
-        n_levels = (2 ** self.bits - 1)
-        return _UniformActQuant.apply(x, self.act_clip, n_levels, tuple(channel_shape),
-                                      sensitivity, self.track == "next")
+        n_levels = (2 ** self.bits - 1).view(channel_shape)
+        return _UniformActQuant.apply(x, self.act_clip, n_levels, sensitivity, self.track == "next")
 
     def extra_repr(self) -> str:
         b = self.bits.float()
