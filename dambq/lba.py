@@ -42,7 +42,10 @@ class _Kind:
     sizes: list[callable]      # per quantizer: () -> size of each group in bits saved per decrement
     target: float | None
     floor: int                 # bits a group may not go below
-    sums: list[Tensor]
+
+    @property
+    def sums(self) -> list[Tensor]:
+        return [q.sensitivity_sum for q in self.quantizers]
 
     def flat(self) -> tuple[Tensor, Tensor, Tensor]:
         """(bits, sizes, sums) concatenated over layers."""
@@ -93,16 +96,16 @@ class BitAllocator:
         self.kinds = [
             _Kind("weight", [l.weight_quant for l in layers],
                   [(lambda l=l: weight_group_sizes(l)) for l in layers],
-                  weight_target, min_weight_bits, []),
+                  weight_target, min_weight_bits),
             _Kind("act", [l.act_quant for l in layers],
                   [(lambda l=l: act_channel_sizes(l)) for l in layers],
-                  act_target, min_act_bits, []),
+                  act_target, min_act_bits),
         ]
         for kind in self.kinds:
             for q in kind.quantizers:
                 q.track = error
                 q.step_sensitivity = torch.zeros(q.bits.numel(), device=q.bits.device)
-                kind.sums.append(torch.zeros(q.bits.numel(), device=q.bits.device))
+                q.sensitivity_sum = torch.zeros(q.bits.numel(), device=q.bits.device)
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ every step
@@ -191,7 +194,10 @@ class BitAllocator:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """Sums and history, to resume mid-allocation (the bits live in the model)."""
+        """Sums and history, to resume mid-allocation (the bits live in the model).
+
+        The sums are buffers of the quantizers (not saved with the model), so they
+        follow `model.to(device)`."""
         return {"weight_sums": [t.clone() for t in self.kinds[0].sums],
                 "act_sums": [t.clone() for t in self.kinds[1].sums],
                 "history": list(self.history),
@@ -212,7 +218,7 @@ class BitAllocator:
         """Switch sensitivity tracking off and free its buffers."""
         for kind in self.kinds:
             for q in kind.quantizers:
-                q.track, q.step_sensitivity = None, None
+                q.track, q.step_sensitivity, q.sensitivity_sum = None, None, None
 
     def averages(self) -> tuple[float, float]:
         """Current size-weighted (weight, activation) averages of the allocated layers."""

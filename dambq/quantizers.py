@@ -99,7 +99,9 @@ class DMBQWeight(nn.Module):
         self.register_buffer("table_levels", book.levels.clone(), persistent=False)
         self.register_buffer("table_clip", book.clip_factor.clone(), persistent=False)
         self.register_buffer("shape_edges", book.shape_edges.clone(), persistent=False)
-        self.step_sensitivity: Tensor | None = None
+        # set by a BitAllocator; buffers (not saved) so that they follow model.to(device)
+        self.register_buffer("step_sensitivity", None, persistent=False)
+        self.register_buffer("sensitivity_sum", None, persistent=False)
 
     @torch.no_grad()
     def reset_statistics(self, weight: Tensor) -> None:
@@ -242,7 +244,9 @@ class UniformAct(nn.Module):
         self.act_clip = nn.Parameter(torch.tensor(float(init_clip)))
         self.register_buffer("bits", _as_bits(bits, channels, 0, MAX_ACT_BITS, "act_bits"))
         self.register_buffer("positions", torch.ones((), dtype=torch.long))
-        self.step_sensitivity: Tensor | None = None
+        # set by a BitAllocator; buffers (not saved) so that they follow model.to(device)
+        self.register_buffer("step_sensitivity", None, persistent=False)
+        self.register_buffer("sensitivity_sum", None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         channel_shape = [1] * x.dim()

@@ -1,0 +1,158 @@
+"""The paper's pipeline as named stages: float -> W4A4 -> W2.0A2.0 (LBA), plus baselines.
+
+Each stage reads the checkpoint of the stage it starts from, trains with the
+profile's schedule, and writes `<out>/<stage>.pt` and `<out>/<stage>.csv`;
+rerunning a finished stage returns its result at once, a killed one resumes.
+The notebooks and `python -m dambq.pipeline` both call `run_stage`.
+
+    python -m dambq.pipeline --profile quick --stages float,w4a4,lba --out runs/quick
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .convert import average_bits, convert
+from .data import Cifar10, load_cifar10
+from .lba import BitAllocator, bit_report
+from .models import build_model
+from .profiles import Profile, get_profile
+from .train import evaluate, fit, load_checkpoint, resolve_device
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How to build a stage's model from its parent's checkpoint."""
+
+    parent: str | None          # stage whose checkpoint it starts from
+    schedule: str               # which StageConfig of the profile it trains with
+    codebook: str | None = None  # None: float model
+    weight_bits: int = 4
+    act_bits: int = 4
+    allocate: bool = False      # attach a BitAllocator with the profile's window
+    description: str = ""
+
+
+STAGES: dict[str, Stage] = {
+    "float": Stage(None, "float", description="full-precision ResNet"),
+    "w4a4": Stage("float", "w4a4", codebook="lookup", description="W4A4, DMBQ weights (lookup code-book)"),
+    "lba": Stage("w4a4", "lba", codebook="lookup", allocate=True,
+                 description="channel-wise allocation from W4A4 to the targets (LBA)"),
+    "w4a4_uniform": Stage("float", "w4a4", codebook="uniform",
+                          description="W4A4 baseline: uniform weights, MSE-optimal clip"),
+    "w4a4_laplace": Stage("float", "w4a4", codebook="laplace",
+                          description="W4A4 with V2's fixed Laplace table"),
+    "w2a2_fixed": Stage("w4a4", "lba", codebook="lookup", weight_bits=2, act_bits=2,
+                        description="every channel at W2A2 from W4A4, same steps as LBA (no allocation)"),
+}
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable device for result tables."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def load_data(profile: Profile, root: str | Path | None = None) -> Cifar10:
+    """The profile's data: its source and limits, from `root` or DAMBQ_DATA."""
+    return load_cifar10(root, source=profile.data_source, train_limit=profile.train_limit,
+                        test_limit=profile.test_limit)
+
+
+def build_stage_model(stage: str, profile: Profile, out: Path, device: torch.device) -> nn.Module:
+    """The model a stage starts from: a fresh float net, or its parent's weights
+    (converted to the stage's code-book and bits when the parent differs)."""
+    spec = STAGES[stage]
+    model = build_model(profile.arch)
+    if spec.parent is None:
+        return model
+    parent = STAGES[spec.parent]
+    parent_state = load_checkpoint(out / f"{spec.parent}.pt", map_location="cpu")
+    if parent.codebook is None:
+        model.load_state_dict(parent_state["model"])
+        return convert(model, weight_bits=spec.weight_bits, act_bits=spec.act_bits,
+                       codebook=spec.codebook, inplace=True)
+    model = convert(model, codebook=parent.codebook, inplace=True)
+    model.load_state_dict(parent_state["model"])
+    if (spec.weight_bits, spec.act_bits) != (parent.weight_bits, parent.act_bits) and not spec.allocate:
+        for module in model.modules():
+            if hasattr(module, "set_bits") and not module.fixed_8bit:
+                module.set_bits(spec.weight_bits, spec.act_bits)
+    return model
+
+
+def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "runs/smoke",
+              data: Cifar10 | None = None, data_root: str | Path | None = None,
+              device: str = "auto", weight_target: float = 2.0, act_target: float = 2.0,
+              seed: int = 0, progress: bool = True, allocator_args: dict | None = None,
+              on_epoch_end=None) -> dict:
+    """Run (or resume, or just read back) one stage; returns its summary.
+
+    The summary names profile, data and device next to every number, and is
+    also written to `<out>/<stage>.json`."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    out, device_ = Path(out), resolve_device(device)
+    spec = STAGES[stage]
+    cfg = getattr(profile, spec.schedule)
+    data = data if data is not None else load_data(profile, data_root)
+    model = build_stage_model(stage, profile, out, device_)
+    model.to(device_)
+    allocator = None
+    if spec.allocate:
+        allocator = BitAllocator(model, weight_target=weight_target, act_target=act_target,
+                                 window=profile.lba_window, **(allocator_args or {}))
+    started = time.perf_counter()
+    history = fit(model, data, cfg, device=device_, allocator=allocator, checkpoint=out / f"{stage}.pt",
+                  metrics_csv=out / f"{stage}.csv", seed=seed, stage=stage, progress=progress,
+                  meta={"stage": stage, "profile": profile.name, "arch": profile.arch},
+                  on_epoch_end=on_epoch_end)
+    final = evaluate(model, data.test_images, data.test_labels, device_)
+    summary = {"stage": stage, "description": spec.description, "profile": profile.name,
+               "arch": profile.arch, "data": data.source, "device": device_name(device_),
+               "epochs": cfg.epochs, "top1": final["top1"], "test_loss": final["loss"],
+               "minutes": sum(r["seconds"] for r in history) / 60,
+               "wall_minutes_this_call": (time.perf_counter() - started) / 60}
+    if spec.codebook is not None:
+        summary["weight_avg"], summary["act_avg"] = average_bits(model)
+    if allocator is not None:
+        summary["allocation"] = allocator.history
+        summary["targets"] = [weight_target, act_target]
+        bit_report(model).to_csv(out / f"{stage}-bits.csv")
+    (out / f"{stage}.json").write_text(json.dumps(summary, indent=1))
+    summary["model"] = model
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--stages", default="float,w4a4,lba", help=f"comma list of {list(STAGES)}")
+    parser.add_argument("--out", default=None, help="folder for checkpoints and metrics (runs/<profile>)")
+    parser.add_argument("--data", default=None, help="data root (else DAMBQ_DATA, else ../shared/data)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--weight-target", type=float, default=2.0)
+    parser.add_argument("--act-target", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    out = Path(args.out or f"runs/{profile.name}")
+    data = load_data(profile, args.data)
+    for stage in args.stages.split(","):
+        summary = run_stage(stage, profile, out, data=data, device=args.device, seed=args.seed,
+                            weight_target=args.weight_target, act_target=args.act_target)
+        summary.pop("model")
+        print(json.dumps({k: v for k, v in summary.items() if k != "allocation"}))
+
+
+if __name__ == "__main__":
+    main()
