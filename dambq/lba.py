@@ -78,7 +78,9 @@ class BitAllocator:
                  act_target: float | None = 2.0, window: tuple[int, int] = (0, 150),
                  max_ratio: float = 0.3, min_act_bits: int = 1, min_weight_bits: int = 0,
                  min_ratio: float = 0.01, rank_by: str = "per_bit", error: str = "current"):
-        layers = [layer for _, layer in quant_layers(model)]
+        named = list(quant_layers(model))
+        self.layer_names = [name for name, _ in named]
+        layers = [layer for _, layer in named]
         if not layers:
             raise ValueError("the model has no quantized layers to allocate: call dambq.convert first")
         if rank_by not in RANK_BY:
@@ -123,7 +125,8 @@ class BitAllocator:
         """Lower bits if `epoch` lies in the window, then reset the sums.
 
         Returns (and appends to `history`) the epoch's record: averages after
-        the step and how many decrements each kind received."""
+        the step, how many decrements each kind received, and every layer's bits
+        (small: a list of ints per layer) so that plots can show how they evolved."""
         record = {"epoch": epoch}
         for kind in self.kinds:
             if dist.is_available() and dist.is_initialized():
@@ -134,6 +137,8 @@ class BitAllocator:
                 lowered = self._lower(kind, epoch)
             record[f"{kind.name}_avg"] = kind.average()
             record[f"{kind.name}_lowered"] = lowered
+            record[f"{kind.name}_bits"] = {name: q.bits.tolist()
+                                          for name, q in zip(self.layer_names, kind.quantizers)}
             for total in kind.sums:
                 total.zero_()
         self.history.append(record)

@@ -308,8 +308,13 @@ def test_codebook_argument_is_used(codebook):
             assert ratio == pytest.approx(0.6123 - 0.3877, rel=1e-4)
         elif codebook == "uniform":  # mid-rise uniform levels +-1/3, +-1
             assert ratio == pytest.approx(1 / 3, rel=1e-4)
-        else:  # searched entries near the Gaussian one (Lloyd-Max: 0.4528 / 1.510 = 0.30)
-            assert 0.25 < ratio < 0.32
+        else:  # the searched entry this row's mean|w|/rms(w) picks (near Gaussian: about 0.30)
+            book = dambq.build_codebook("lookup")
+            row = layer.weight[g].detach()
+            j = int(book.pick((row.abs().mean() / row.pow(2).mean().sqrt()).reshape(1)))
+            a1, a2 = book.coefs[2, j, :2].tolist()
+            assert ratio == pytest.approx((a1 - a2) / (a1 + a2), rel=1e-4)
+            assert 0.25 < ratio < 0.33
 
 
 # ============================================================================ average bits

@@ -288,6 +288,27 @@ def test_act_clip_gradient_finite_difference():
     assert got == pytest.approx(fd, abs=0.05 * max(1.0, abs(fd)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_act_other_dtypes_with_pruned_channels(dtype):
+    """A quantized layer run in half/bfloat16/double precision (model.half(), autocast):
+    a pruned (0-bit) channel is still exactly zero and nothing becomes NaN, in the
+    output, the gradients, or the "next" sensitivity of a 1-bit channel."""
+    layer = make_conv(in_channels=4, seed=17)
+    layer.set_bits(act_bits=torch.tensor([0, 1, 2, 4]))
+    aq = layer.act_quant.to(dtype)
+    aq.track = "next"
+    aq.step_sensitivity = torch.zeros(4, dtype=dtype)
+    x = act_input((2, 4, 5, 5), seed=18).to(dtype).requires_grad_(True)
+    y = aq(x)
+    assert torch.isfinite(y).all()
+    assert torch.all(y[:, 0] == 0)
+    reference = act_reference(x.detach().double(), 3.0, torch.tensor([0, 1, 2, 4]))
+    torch.testing.assert_close(y.detach().double(), reference, atol=1e-2, rtol=0)
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(aq.act_clip.grad).all()
+    assert torch.isfinite(aq.step_sensitivity).all()
+
+
 # ============================================================================ sensitivity
 
 def _weight_loss(q: torch.Tensor, seed: int) -> torch.Tensor:

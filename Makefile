@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine:
+#   make run    # set up, then run notebooks 01-03 with papermill (PROFILE=paper on CUDA, quick on CPU)
+#   make test   # set up, then pytest + nbval over the notebooks (smoke profile)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= auto
+
+.PHONY: setup run test benchmarks clean-runs
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -e . --no-deps
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	$(BIN)/python -m dambq.notebooks --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env tests notebooks
+
+benchmarks: setup
+	$(BIN)/python benchmarks/step_speed.py
+	$(BIN)/python benchmarks/quant_error.py
+
+clean-runs:
+	rm -rf runs
