@@ -19,7 +19,7 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/python -m dambq.notebooks --profile $(PROFILE)
+	$(BIN)/python -m dambq.workbook --profile $(PROFILE)
 
 test: setup
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env tests notebooks

@@ -166,26 +166,29 @@ class BitAllocator:
         ramp_budget = float(sizes[order][eligible[order]][:ramp_count].sum())
         remaining_epochs = self.window[1] - epoch + 1
         budget = min(gap, max(ramp_budget, gap / remaining_epochs))
-        lowered = 0
+        times = torch.zeros_like(bits)  # decrements each group got this epoch
         while budget > 1e-9:  # several passes when a group must lose more than one bit
             progressed = False
             for g in order.tolist():
                 if budget <= 1e-9:
                     break
                 if bits[g] > kind.floor and sizes[g] <= gap + 1e-9:
-                    bits[g] -= 1
+                    bits[g] -= 1; times[g] += 1
                     gap -= float(sizes[g]); budget -= float(sizes[g])
-                    lowered += 1; progressed = True
+                    progressed = True
             if not progressed:
                 break
         if gap > 1e-9 and budget > 1e-9:
-            # every lowerable group is larger than the gap: lower the smallest (least
-            # sensitive among equals) so the average lands just under the target
+            # every lowerable group is larger than the gap: lower the smallest one (the
+            # least lowered, then least sensitive, among equals) so the average lands
+            # just under the target
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(order.numel())
             candidates = [g for g in order.tolist() if bits[g] > kind.floor]
             if candidates:
-                g = min(candidates, key=lambda i: float(sizes[i]))
-                bits[g] -= 1
-                lowered += 1
+                g = min(candidates, key=lambda i: (float(sizes[i]), int(times[i]), int(rank[i])))
+                bits[g] -= 1; times[g] += 1
+        lowered = int(times.sum())
         self._write_bits(kind, bits)
         return lowered
 

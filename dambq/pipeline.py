@@ -54,6 +54,18 @@ STAGES: dict[str, Stage] = {
 }
 
 
+def stage_file(stage: str, weight_target: float | None = 2.0, act_target: float | None = 2.0) -> str:
+    """File stem of a stage's outputs in its runs folder.
+
+    Allocating stages carry their targets (``lba-W1.5A2.0``) unless they are the
+    paper's W2.0A2.0, so runs for several targets share one folder (and the W4A4
+    checkpoint they start from) without reading back each other's results."""
+    if not STAGES[stage].allocate or (weight_target, act_target) == (2.0, 2.0):
+        return stage
+    label = lambda t: "-" if t is None else f"{t:.2f}".rstrip("0").rstrip(".") if t % 1 else f"{t:.1f}"  # noqa: E731
+    return f"{stage}-W{label(weight_target)}A{label(act_target)}"
+
+
 def device_name(device: torch.device) -> str:
     """Human-readable device for result tables."""
     if device.type == "cuda":
@@ -97,7 +109,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     """Run (or resume, or just read back) one stage; returns its summary.
 
     The summary names profile, data and device next to every number, and is
-    also written to `<out>/<stage>.json`."""
+    also written to `<out>/<stage_file>.json`."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
     profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -111,9 +123,10 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     if spec.allocate:
         allocator = BitAllocator(model, weight_target=weight_target, act_target=act_target,
                                  window=profile.lba_window, **(allocator_args or {}))
+    name = stage_file(stage, weight_target, act_target)
     started = time.perf_counter()
-    history = fit(model, data, cfg, device=device_, allocator=allocator, checkpoint=out / f"{stage}.pt",
-                  metrics_csv=out / f"{stage}.csv", seed=seed, stage=stage, progress=progress,
+    history = fit(model, data, cfg, device=device_, allocator=allocator, checkpoint=out / f"{name}.pt",
+                  metrics_csv=out / f"{name}.csv", seed=seed, stage=stage, progress=progress,
                   meta={"stage": stage, "profile": profile.name, "arch": profile.arch},
                   on_epoch_end=on_epoch_end)
     final = evaluate(model, data.test_images, data.test_labels, device_)
@@ -127,8 +140,8 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     if allocator is not None:
         summary["allocation"] = allocator.history
         summary["targets"] = [weight_target, act_target]
-        bit_report(model).to_csv(out / f"{stage}-bits.csv")
-    (out / f"{stage}.json").write_text(json.dumps(summary, indent=1))
+        bit_report(model).to_csv(out / f"{name}-bits.csv")
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
     summary["model"] = model
     return summary
 

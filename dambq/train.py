@@ -171,8 +171,12 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         model.train()
         started, loss_sum, correct, seen = time.perf_counter(), torch.zeros((), device=device), \
             torch.zeros((), device=device, dtype=torch.long), 0
-        for x, y in batches(train_x, train_y, cfg.batch_size, shuffle=True, augment=True, device=device,
-                            generator=generator, drop_last=True, memory_format=memory_format):
+        epoch_batches = batches(train_x, train_y, cfg.batch_size, shuffle=True, augment=True, device=device,
+                                generator=generator, drop_last=True, memory_format=memory_format)
+        if tqdm and progress:
+            epoch_batches = tqdm(epoch_batches, total=steps, desc=f"{stage} epoch {epoch}", leave=False,
+                                 mininterval=5)
+        for x, y in epoch_batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = step_fn(x)
                 loss = F.cross_entropy(logits.float(), y)

@@ -92,7 +92,7 @@ def test_spec_check_laplace_2bit_levels():
 
 # ----------------------------------------------------------------------------- levels
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
 @given(st.lists(st.floats(0.01, 1.0), min_size=1, max_size=4))
 def test_levels_count_symmetric_sorted(raw):
     coefs = np.sort(np.array(raw))[::-1]
@@ -237,7 +237,7 @@ def test_shape_statistic_known_values():
     assert float(shape_statistic(200.0)) == pytest.approx(math.sqrt(3) / 2, rel=1e-2)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(st.floats(0.3, 10.0), st.floats(0.3, 10.0))
 def test_shape_statistic_monotone(b1, b2):
     if abs(b1 - b2) < 1e-3:

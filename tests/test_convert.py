@@ -1,7 +1,6 @@
 """Conversion tests: any model converts and trains, 8-bit first/last layers, biases,
 granularity, batch independence, state_dict round trip, average bits, errors."""
 
-import copy
 import io
 
 import pytest

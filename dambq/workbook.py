@@ -1,0 +1,196 @@
+"""The workbook: notebooks 01-03 run in order with papermill, and the helpers they share.
+
+    python -m dambq.workbook --profile auto     # "paper" on CUDA, else "quick"
+    python -m dambq.workbook --profile smoke    # about a minute: checks that everything runs
+
+Each notebook is executed with its `parameters` cell overridden (profile, device,
+data root, runs folder); the executed copies go to runs/<profile>/notebooks/.
+All three use the same runs folder, so 02 and 03 read back the checkpoints of the
+stages before them instead of training them again, and a killed run resumes.
+Figures go to figures/<name>.png, except for the smoke profile, whose figures go
+to runs/smoke/figures/ so that tests never overwrite the real ones.
+
+The helpers below keep the notebooks free of logic: paths, chaining a checkpoint
+in, one line per epoch, and rows for result tables.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .profiles import PROFILES, get_profile
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ("01_distribution_analysis.ipynb", "02_global_precision.ipynb", "03_channelwise_allocation.ipynb")
+KERNEL = "python3"
+
+# Published ResNet20 / CIFAR-10 top-1 (spec section 5), for accuracy-vs-bits figures.
+PAPER_RESNET20_CIFAR10: list[dict[str, Any]] = [
+    {"label": "paper W4A4", "weight_bits": 4.0, "act_bits": 4.0, "top1": 92.45},
+    {"label": "paper W2.0A2.0", "weight_bits": 2.0, "act_bits": 2.0, "top1": 91.69},
+    {"label": "paper W1.0A2.0", "weight_bits": 1.0, "act_bits": 2.0, "top1": 90.39},
+    {"label": "V2 code W2.0A2.0", "weight_bits": 2.008, "act_bits": 2.049, "top1": 92.13},
+]
+
+
+def resolve_profile(name: str) -> str:
+    """"auto" -> "paper" when CUDA is available, else "quick"; other names are checked."""
+    if name == "auto":
+        return "paper" if torch.cuda.is_available() else "quick"
+    get_profile(name)  # raises for an unknown name
+    return name
+
+
+def find_root(start: str | Path | None = None) -> Path:
+    """The repository root: the first folder at or above `start` (default: cwd) holding
+    dambq/ and notebooks/, else the folder above this package.
+
+    Why: notebooks chdir there, so runs/ and figures/ land in one place whether the
+    kernel starts in notebooks/ (Jupyter, nbval), the root (papermill) or elsewhere."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dambq" / "__init__.py").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return REPO_ROOT
+
+
+def output_dirs(profile: str, runs_dir: str | Path | None = None,
+                figures_dir: str | Path = "figures") -> tuple[Path, Path]:
+    """(runs folder, figures folder) for a profile: runs/<profile> by default; figures
+    in `figures_dir` except for smoke, which writes them under its runs folder."""
+    runs = Path(runs_dir) if runs_dir is not None else Path("runs") / profile
+    figures = runs / "figures" if profile == "smoke" else Path(figures_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    return runs, figures
+
+
+def print_epoch(record: dict) -> None:
+    """One line per finished epoch (pass as run_stage's on_epoch_end): readable in saved notebooks."""
+    bits = f", W{record['weight_avg']:.2f}A{record['act_avg']:.2f}" if "weight_avg" in record else ""
+    print(f"  {record['stage']} epoch {record['epoch'] + 1}: train loss {record['train_loss']:.3f}, "
+          f"test top-1 {record['test_top1']:.2f}%{bits} ({record['seconds']:.1f} s)", flush=True)
+
+
+def summary_row(summary: dict) -> dict:
+    """A run_stage summary without the model and allocation history: one row of a results table."""
+    keys = ("stage", "description", "profile", "data", "device", "epochs", "top1", "weight_avg", "act_avg",
+            "minutes")
+    return {k: summary.get(k) for k in keys}
+
+
+def describe(summary: dict) -> str:
+    """One line naming the stage, its top-1 and bits, and where it ran."""
+    bits = f" at W{summary['weight_avg']:.2f}A{summary['act_avg']:.2f}" if "weight_avg" in summary else ""
+    return (f"{summary['stage']}: top-1 {summary['top1']:.2f}%{bits} ({summary['profile']} profile, "
+            f"{summary['epochs']} epochs, {summary['data']} data, {summary['device']}, "
+            f"{summary['minutes']:.1f} min of training)")
+
+
+def accuracy_point(summary: dict, label: str | None = None) -> dict:
+    """A point for plots.accuracy_vs_bits from a quantized stage's summary."""
+    return {"label": label or summary["stage"], "stage": summary["stage"], "top1": summary["top1"],
+            "weight_bits": summary["weight_avg"], "act_bits": summary["act_avg"]}
+
+
+def adopt_checkpoint(checkpoint: str | Path, runs_dir: str | Path, stage: str = "float") -> Path:
+    """Copy a stage checkpoint written by dambq (fit) into `runs_dir`, so run_stage reads it back.
+
+    A checkpoint trained for fewer epochs than the profile's is continued by run_stage.
+    Refuses to replace a different checkpoint already there (the later stages were
+    built from that one): pick a fresh runs_dir instead."""
+    source, target = Path(checkpoint), Path(runs_dir) / f"{stage}.pt"
+    if not source.is_file():
+        raise FileNotFoundError(f"no checkpoint at {source}")
+    if target.exists():
+        if target.resolve() == source.resolve() or target.read_bytes() == source.read_bytes():
+            return target
+        raise FileExistsError(f"{target} exists and differs from {source}; use another runs_dir "
+                              "(stages after it were trained from the existing one)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, target)
+    return target
+
+
+def _bits_text(bits: float) -> str:
+    text = f"{float(bits):g}"
+    return text if "." in text else text + ".0"
+
+
+def target_label(weight_target: float, act_target: float) -> str:
+    """(2, 2) -> "W2.0A2.0", (1.25, 2) -> "W1.25A2.0": the paper's way of naming average bit targets."""
+    return f"W{_bits_text(weight_target)}A{_bits_text(act_target)}"
+
+
+def run_notebooks(profile: str = "auto", device: str = "auto", data_root: str | None = None,
+                  runs_dir: str | None = None, figures_dir: str = "figures",
+                  output_dir: str | Path | None = None, notebooks: tuple[str, ...] = NOTEBOOKS,
+                  extra: dict[str, dict[str, Any]] | None = None, root: Path | None = None) -> list[Path]:
+    """Execute the notebooks in order with papermill; returns the executed copies.
+
+    extra: more parameters per notebook file name (e.g. LBA targets for 03)."""
+    import papermill
+
+    root = root or find_root(REPO_ROOT)
+    profile = resolve_profile(profile)
+    output = Path(output_dir) if output_dir else root / "runs" / profile / "notebooks"
+    output.mkdir(parents=True, exist_ok=True)
+    params = {"profile": profile, "device": device, "figures_dir": figures_dir}
+    if data_root is not None:
+        params["data_root"] = data_root
+    if runs_dir is not None:
+        params["runs_dir"] = runs_dir
+    done = []
+    for i, name in enumerate(notebooks, 1):
+        source, target = root / "notebooks" / name, output / name
+        print(f"[{i}/{len(notebooks)}] {name} (profile {profile}) -> {target}", flush=True)
+        started = time.perf_counter()
+        papermill.execute_notebook(str(source), str(target), parameters={**params, **(extra or {}).get(name, {})},
+                                   kernel_name=KERNEL, cwd=str(root), progress_bar=False,
+                                   stdout_file=sys.stdout, stderr_file=sys.stderr)
+        print(f"[{i}/{len(notebooks)}] {name} done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+        done.append(target)
+    return done
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: python -m dambq.workbook --profile auto|smoke|quick|paper [--device] [--data]."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="auto", choices=["auto", *PROFILES])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--data", default=None, help="CIFAR-10 root (else DAMBQ_DATA, else ../shared/data)")
+    parser.add_argument("--runs-dir", default=None, help="checkpoints and metrics (default runs/<profile>)")
+    parser.add_argument("--figures-dir", default="figures", help="figures (the smoke profile uses runs/smoke/figures)")
+    parser.add_argument("--out", default=None, help="executed notebooks (default runs/<profile>/notebooks)")
+    parser.add_argument("--float-checkpoint", default=None, help="02: use this float checkpoint instead of training")
+    parser.add_argument("--weight-target", type=float, default=2.0, help="03: LBA weight target")
+    parser.add_argument("--act-target", type=float, default=2.0, help="03: LBA activation target")
+    parser.add_argument("--only", default=None, help="comma list of notebook numbers to run, e.g. 02,03")
+    args = parser.parse_args(argv)
+    # the notebooks run from the repository root: paths given here are relative to the caller's folder
+    for key in ("data", "runs_dir", "float_checkpoint", "out"):
+        if getattr(args, key):
+            setattr(args, key, str(Path(getattr(args, key)).expanduser().resolve()))
+    if args.figures_dir != "figures":
+        args.figures_dir = str(Path(args.figures_dir).expanduser().resolve())
+    profile = resolve_profile(args.profile)
+    notebooks = NOTEBOOKS if not args.only else tuple(
+        n for n in NOTEBOOKS if n.split("_")[0] in {s.strip().zfill(2) for s in args.only.split(",")})
+    extra = {NOTEBOOKS[1]: {"float_checkpoint": args.float_checkpoint} if args.float_checkpoint else {},
+             NOTEBOOKS[2]: {"weight_target": args.weight_target, "act_target": args.act_target}}
+    started = time.perf_counter()
+    print(f"dambq workbook: profile {profile} ({get_profile(profile).note}), device {args.device}", flush=True)
+    paths = run_notebooks(profile, args.device, args.data, args.runs_dir, args.figures_dir, args.out,
+                          notebooks, extra)
+    print(f"all {len(paths)} notebooks done in {(time.perf_counter() - started) / 60:.1f} min; "
+          f"executed copies in {paths[0].parent if paths else '-'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Training engine: runs, resumes a killed run identically, refuses corrupt checkpoints."""
+import json
+
+import pytest
+import torch
+
+import dambq
+from dambq.data import make_synthetic
+from dambq.models import build_model
+from dambq.pipeline import run_stage
+from dambq.profiles import StageConfig, get_profile
+from dambq.train import CheckpointError, evaluate, fit, load_checkpoint
+
+CFG = StageConfig(epochs=2, lr=0.05, batch_size=64)
+
+
+def small_data():
+    data = make_synthetic()
+    data.train_images, data.train_labels = data.train_images[:192], data.train_labels[:192]
+    data.test_images, data.test_labels = data.test_images[:64], data.test_labels[:64]
+    return data
+
+
+def test_fit_records_metrics_and_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = dambq.convert(build_model("resnet20"))
+    history = fit(model, small_data(), CFG, device="cpu", checkpoint=tmp_path / "c.pt",
+                  metrics_csv=tmp_path / "m.csv", progress=False)
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert {"train_loss", "test_top1", "weight_avg", "act_avg", "seconds"} <= history[0].keys()
+    assert (tmp_path / "m.csv").read_text().count("\n") == 3
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert state["epoch"] == 1 and {"optimizer", "scheduler", "rng"} <= state.keys()
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    data = small_data()
+    torch.manual_seed(0)
+    full = build_model("resnet20")
+    start = {k: v.clone() for k, v in full.state_dict().items()}
+    fit(full, data, CFG, device="cpu", progress=False, seed=1)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(record):
+        raise Killed
+
+    first = build_model("resnet20")
+    first.load_state_dict(start)
+    with pytest.raises(Killed):
+        fit(first, data, CFG, device="cpu", checkpoint=tmp_path / "c.pt", progress=False, seed=1,
+            on_epoch_end=kill_after_first_epoch)
+    resumed = build_model("resnet20")
+    history = fit(resumed, data, CFG, device="cpu", checkpoint=tmp_path / "c.pt", progress=False, seed=1)
+    assert [r["epoch"] for r in history] == [0, 1]
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
+    path = tmp_path / "c.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="left untouched"):
+        fit(build_model("resnet20"), small_data(), CFG, device="cpu", checkpoint=path, progress=False)
+    assert path.read_bytes() == b"not a checkpoint"
+
+
+def test_eval_independent_of_batch_size():
+    torch.manual_seed(0)
+    data = small_data()
+    model = dambq.convert(build_model("resnet20"))
+    fit(model, data, StageConfig(epochs=1, lr=0.01, batch_size=64), device="cpu", progress=False)
+    a = evaluate(model, data.test_images, data.test_labels, torch.device("cpu"), batch_size=64)
+    b = evaluate(model, data.test_images, data.test_labels, torch.device("cpu"), batch_size=7)
+    assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_pipeline_smoke_chain(tmp_path):
+    profile = get_profile("smoke", train_limit=128, test_limit=64)
+    data = small_data()
+    for stage in ("float", "w4a4", "lba"):
+        summary = run_stage(stage, profile, tmp_path, data=data, device="cpu", progress=False)
+    assert summary["weight_avg"] <= 2.0 and summary["act_avg"] <= 2.0
+    saved = json.loads((tmp_path / "lba.json").read_text())
+    assert saved["profile"] == "smoke" and saved["data"] == "synthetic" and "CPU" in saved["device"]
+    again = run_stage("lba", profile, tmp_path, data=data, device="cpu", progress=False)  # finished: read back
+    assert again["top1"] == summary["top1"]
+
+
+def test_unknown_profile_and_stage():
+    with pytest.raises(ValueError, match="profile"):
+        get_profile("fast")
+    with pytest.raises(ValueError, match="stage"):
+        run_stage("w3a3")

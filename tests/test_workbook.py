@@ -1,0 +1,87 @@
+"""The workbook's helpers (paths, chaining checkpoints in, rows) and the notebook builder; no training."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dambq import workbook as wb
+from dambq.pipeline import stage_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_resolve_profile(monkeypatch):
+    monkeypatch.setattr(wb.torch.cuda, "is_available", lambda: False)
+    assert wb.resolve_profile("auto") == "quick"
+    monkeypatch.setattr(wb.torch.cuda, "is_available", lambda: True)
+    assert wb.resolve_profile("auto") == "paper"
+    assert wb.resolve_profile("smoke") == "smoke"
+    with pytest.raises(ValueError):
+        wb.resolve_profile("nope")
+
+
+def test_output_dirs_keep_smoke_figures_out_of_figures(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs, figures = wb.output_dirs("smoke")
+    assert runs == Path("runs/smoke") and figures == Path("runs/smoke/figures") and figures.is_dir()
+    runs, figures = wb.output_dirs("quick", figures_dir="figs")
+    assert runs == Path("runs/quick") and figures == Path("figs")
+    runs, _ = wb.output_dirs("paper", runs_dir=tmp_path / "elsewhere")
+    assert runs == tmp_path / "elsewhere" and runs.is_dir()
+
+
+def test_stage_files_carry_allocation_targets():
+    assert stage_file("lba", 2.0, 2.0) == "lba"
+    assert stage_file("lba", 1.5, 2) == "lba-W1.5A2.0"
+    assert stage_file("lba", None, 2.0) == "lba-W-A2.0"
+    assert stage_file("w4a4", 1.0, 1.0) == "w4a4"
+
+
+def test_adopt_checkpoint(tmp_path):
+    source = tmp_path / "mine.pt"
+    source.write_bytes(b"float weights")
+    runs = tmp_path / "runs"
+    target = wb.adopt_checkpoint(source, runs)
+    assert target == runs / "float.pt" and target.read_bytes() == b"float weights"
+    assert wb.adopt_checkpoint(source, runs) == target  # same content: fine
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"different")
+    with pytest.raises(FileExistsError):
+        wb.adopt_checkpoint(other, runs)
+    with pytest.raises(FileNotFoundError):
+        wb.adopt_checkpoint(tmp_path / "missing.pt", runs)
+
+
+def test_rows_and_lines():
+    summary = {"stage": "lba", "description": "d", "profile": "smoke", "data": "synthetic", "device": "CPU",
+               "epochs": 3, "top1": 91.5, "weight_avg": 2.0, "act_avg": 1.98, "minutes": 0.2, "model": object(),
+               "allocation": []}
+    row = wb.summary_row(summary)
+    assert "model" not in row and "allocation" not in row and row["device"] == "CPU"
+    assert "W2.00A1.98" in wb.describe(summary) and "smoke profile" in wb.describe(summary)
+    assert wb.accuracy_point(summary, "LBA")["weight_bits"] == 2.0
+
+
+def test_find_root(tmp_path):
+    assert wb.find_root(ROOT / "notebooks") == ROOT
+    assert wb.find_root(tmp_path) == wb.REPO_ROOT
+
+
+def test_committed_notebooks_match_the_builder(tmp_path):
+    """The committed notebooks are exactly what build_notebooks.py writes, with the papermill parameters."""
+    spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "notebooks" / "build_notebooks.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    assert tuple(builder.NOTEBOOKS) == wb.NOTEBOOKS
+    for name, make in builder.NOTEBOOKS.items():
+        built = builder.build(name, make(None))
+        committed = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        assert [c.source for c in committed.cells] == [c.source for c in built.cells], name
+        params = [c for c in committed.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1
+        for key in ("profile = \"smoke\"", "data_root = None", "device = \"auto\"", "runs_dir = None",
+                    "figures_dir = \"figures\""):
+            assert key in params[0].source, (name, key)
