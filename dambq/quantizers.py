@@ -195,7 +195,7 @@ class _UniformActQuant(torch.autograd.Function):
         y = x * inv_step
         y.clamp_(min=0)
         torch.minimum(y, n, out=y)
-        y.round_().mul_(1 / inv_step.clamp_min(1e-30))
+        y.round_().mul_(clip.to(x.dtype) / n.clamp_min(1))  # the step; no 1/0 in float16
         # y is saved too: the next layer keeps it for its own backward, so it is free
         ctx.save_for_backward(x, y, clip, n)
         ctx.sensitivity, ctx.track_next = sensitivity, track_next
@@ -220,7 +220,7 @@ class _UniformActQuant(torch.autograd.Function):
                     n_next = ((n + 1) / 2 - 1).clamp_min(0)
                     inv_next = n_next / clip_
                     y_next = torch.mul(x, inv_next, out=buffer).clamp_(min=0)
-                    torch.minimum(y_next, n_next, out=y_next).round_().mul_(1 / inv_next.clamp_min(1e-30))
+                    torch.minimum(y_next, n_next, out=y_next).round_().mul_(clip_ / n_next.clamp_min(1))
                     delta = per_channel(y_next.mul_(grad_y)) - grad_y_dot_y
                 else:  # sum g * (x - y)
                     delta = per_channel(torch.mul(grad_y, x, out=buffer)) - grad_y_dot_y

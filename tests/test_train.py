@@ -73,7 +73,10 @@ def test_eval_independent_of_batch_size():
     fit(model, data, StageConfig(epochs=1, lr=0.01, batch_size=64), device="cpu", progress=False)
     a = evaluate(model, data.test_images, data.test_labels, torch.device("cpu"), batch_size=64)
     b = evaluate(model, data.test_images, data.test_labels, torch.device("cpu"), batch_size=7)
-    assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    # float32 convs round differently per batch size and can flip a level (exact batch
+    # independence is tested in float64 in test_convert.py): allow one sample of slack
+    assert abs(a["top1"] - b["top1"]) <= 100 / 64 + 1e-9 and a["loss"] == pytest.approx(b["loss"], rel=2e-2)
+    assert evaluate(model, data.test_images, data.test_labels, torch.device("cpu"), batch_size=64) == a
 
 
 def test_pipeline_smoke_chain(tmp_path):
