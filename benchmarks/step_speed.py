@@ -1,4 +1,4 @@
-"""One training step of channel-wise W4A4 ResNet20 (with LBA sensitivity tracking) vs float.
+"""Training step and eval forward: channel-wise W4A4 ResNet20 (with LBA tracking) vs float.
 
     python benchmarks/step_speed.py [--batch 128 --steps 25 --device cpu]
 
@@ -43,6 +43,23 @@ def step_timer(model, batch: int, device: torch.device):
     return step
 
 
+def eval_timer(model, batch: int, device: torch.device):
+    x = torch.randn(batch, 3, 32, 32, device=device)
+
+    @torch.no_grad()
+    def step() -> float:
+        model.eval()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        model.train()
+        return time.perf_counter() - started
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
@@ -55,7 +72,9 @@ def main() -> None:
     float_model = build_model("resnet20").to(device)
     quant_model = dambq.convert(float_model).to(device)
     steps = {"float": step_timer(float_model, args.batch, device),
-             "W4A4 + tracking": step_timer(quant_model, args.batch, device)}
+             "W4A4 + tracking": step_timer(quant_model, args.batch, device),
+             "float eval": eval_timer(float_model, args.batch, device),
+             "W4A4 eval": eval_timer(quant_model, args.batch, device)}
     times = {name: [] for name in steps}
     for i in range(args.steps + 3):  # alternate so that both see the same machine state
         for name, step in steps.items():
@@ -64,13 +83,15 @@ def main() -> None:
                 times[name].append(seconds)
     medians = {name: statistics.median(t) for name, t in times.items()}
     ratio = medians["W4A4 + tracking"] / medians["float"]
+    eval_ratio = medians["W4A4 eval"] / medians["float eval"]
     text = "\n".join([
         "# Training step: channel-wise W4A4 ResNet20 with sensitivity tracking vs float", "",
         f"Command: `python benchmarks/step_speed.py --batch {args.batch} --steps {args.steps} --device {args.device}`", "",
         f"Device: {device_name(device)}; batch {args.batch}; median of {args.steps} steps each, alternating.", "",
-        "| model | ms / step | images / s |", "|---|---|---|",
+        "| model, pass | ms / batch | images / s |", "|---|---|---|",
         *[f"| {name} | {1000 * m:.1f} | {args.batch / m:.0f} |" for name, m in medians.items()], "",
-        f"Ratio quantized / float: **{ratio:.2f}x** (V2 measured 1.72x on 2 CPU cores; target <= 1.5x).",
+        f"Training step, quantized / float: **{ratio:.2f}x** (V2 measured 1.72x on 2 CPU cores; target <= 1.5x).",
+        f"Evaluation forward, quantized / float: {eval_ratio:.2f}x.",
     ])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n")

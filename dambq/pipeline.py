@@ -140,10 +140,57 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     if allocator is not None:
         summary["allocation"] = allocator.history
         summary["targets"] = [weight_target, act_target]
+        summary["window"] = list(profile.lba_window)
         bit_report(model).to_csv(out / f"{name}-bits.csv")
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
     summary["model"] = model
     return summary
+
+
+def _short(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() else f"{number:.3f}"
+
+
+def write_report(out: str | Path, path: str | Path, command: str) -> str:
+    """Markdown of every finished stage in `out` (one row each, profile, data and device
+    named per row), the allocation per epoch and the per-layer bits of LBA runs.
+
+    Why generated: every number in results/ must come from a command anyone can rerun."""
+    out = Path(out)
+    summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    if not summaries:
+        raise FileNotFoundError(f"no stage summaries (*.json) in {out}")
+    order = {name: i for i, name in enumerate(STAGES)}
+    summaries.sort(key=lambda s: order.get(s["stage"], len(order)))
+    lines = [f"# Results: {out}", "", f"Command: `{command}`", "",
+             "| stage | what | profile | data | device | epochs | top-1 (%) | W avg | A avg | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
+        lines.append(f"| {s['stage']} | {s['description']} | {s['profile']} | {s['data']} | {s['device']} | "
+                     f"{s['epochs']} | {s['top1']:.2f} | {bits} | {s['minutes']:.1f} |")
+    for s in summaries:
+        if "allocation" not in s:
+            continue
+        w, a = s["targets"]
+        lines += ["", f"## Allocation per epoch ({s['stage']}, targets W{w}A{a}, window {s.get('window', '')})", "",
+                  "| epoch | W avg | A avg | weight decrements | activation decrements |", "|---|---|---|---|---|"]
+        lines += [f"| {r['epoch']} | {r['weight_avg']:.4f} | {r['act_avg']:.4f} | {r['weight_lowered']} | "
+                  f"{r['act_lowered']} |" for r in s["allocation"]]
+        bits_csv = out / f"{stage_file(s['stage'], w, a)}-bits.csv"
+        if bits_csv.exists():
+            rows = [line.split(",") for line in bits_csv.read_text().splitlines()]
+            lines += ["", "Per-layer bits at the end (`dambq.bit_report`):", "",
+                      "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            lines += ["| " + " | ".join(_short(v) for v in row) + " |" for row in rows[1:]]
+    text = "\n".join(lines) + "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,11 +203,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-target", type=float, default=2.0)
     parser.add_argument("--act-target", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", default=None, help="write a markdown table of every finished stage here")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     out = Path(args.out or f"runs/{profile.name}")
+    if args.report:
+        command = f"python -m dambq.pipeline --profile {profile.name} --out {out} --report {args.report}"
+        print(write_report(out, args.report, command))
+        return
     data = load_data(profile, args.data)
-    for stage in args.stages.split(","):
+    for stage in filter(None, args.stages.split(",")):
         summary = run_stage(stage, profile, out, data=data, device=args.device, seed=args.seed,
                             weight_target=args.weight_target, act_target=args.act_target)
         summary.pop("model")
