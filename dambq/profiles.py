@@ -50,7 +50,7 @@ PROFILES: dict[str, Profile] = {
         float=StageConfig(epochs=2, lr=0.05, batch_size=64),
         w4a4=StageConfig(epochs=1, lr=0.01, batch_size=64),
         lba=StageConfig(epochs=3, lr=0.01, batch_size=64),
-        lba_window=(0, 1),
+        lba_window=(0, 2),
         data_source="synthetic", train_limit=512, test_limit=256,
         note="seconds; synthetic data; checks that everything runs, measures nothing"),
     "quick": Profile(

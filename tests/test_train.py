@@ -7,7 +7,7 @@ import torch
 import dambq
 from dambq.data import make_synthetic
 from dambq.models import build_model
-from dambq.pipeline import run_stage
+from dambq.pipeline import run_stage, write_report
 from dambq.profiles import StageConfig, get_profile
 from dambq.train import CheckpointError, evaluate, fit, load_checkpoint
 
@@ -89,6 +89,9 @@ def test_pipeline_smoke_chain(tmp_path):
     assert saved["profile"] == "smoke" and saved["data"] == "synthetic" and "CPU" in saved["device"]
     again = run_stage("lba", profile, tmp_path, data=data, device="cpu", progress=False)  # finished: read back
     assert again["top1"] == summary["top1"]
+    report = write_report(tmp_path, tmp_path / "report.md", "cmd")
+    assert report.count("| smoke | synthetic |") == 3 and "## Allocation per epoch" in report
+    assert "layer3.2.conv2" in report
 
 
 def test_unknown_profile_and_stage():
