@@ -106,6 +106,15 @@ def lloyd_max(x: np.ndarray, bits: int, iters: int = 200) -> np.ndarray:
     return levels
 
 
+def _quantize(method: str, w: Tensor, bits: int, codes: dict[str, np.ndarray], pooled_coefs: np.ndarray) -> Tensor:
+    """One method applied to the rows of w (see the module docstring)."""
+    if method in ("lookup", "laplace", "uniform"):
+        return quantize_dmbq(w, bits, method)
+    if method == "per_group":
+        return per_group_multibit(w.double(), bits, pooled_coefs).float()
+    return _apply_code(w.double(), codes[method]).float()
+
+
 def error_table(layers: list[Tensor], bits_range=(1, 2, 3, 4),
                 methods=METHODS) -> dict[str, dict[int, float]]:
     """MSE / mean(w^2) for each method and bit-width over all groups of `layers`."""
@@ -119,13 +128,7 @@ def error_table(layers: list[Tensor], bits_range=(1, 2, 3, 4),
         if "lloyd_max" in methods:
             codes["lloyd_max"] = lloyd_max(pooled, bits)
         for method in methods:
-            if method in ("lookup", "laplace", "uniform"):
-                quantize = lambda w: quantize_dmbq(w, bits, method)  # noqa: E731
-            elif method == "per_group":
-                quantize = lambda w: per_group_multibit(w.double(), bits, a * k).float()  # noqa: E731
-            else:
-                quantize = lambda w, c=codes[method]: _apply_code(w.double(), c).float()  # noqa: E731
-            sse = sum(float(((w - quantize(w)) ** 2).sum()) for w in layers)
+            sse = sum(float(((w - _quantize(method, w, bits, codes, a * k)) ** 2).sum()) for w in layers)
             table[method][bits] = sse / energy
     return table
 

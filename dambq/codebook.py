@@ -25,7 +25,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +247,7 @@ def _from_table(name: str, table: dict[str, list]) -> Codebook:
     return _make_codebook(name, betas, entries)
 
 
-@lru_cache(maxsize=None)
+@cache
 def build_codebook(name: str) -> Codebook:
     """The named code-book, cached for the process.
 

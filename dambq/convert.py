@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .codebook import CODEBOOKS, MAX_BITS
 from .layers import QUANT_LAYERS, QuantMixin
-from .quantizers import MAX_ACT_BITS, DMBQWeight, UniformAct
+from .quantizers import MAX_ACT_BITS
 
 DEFAULT_CODEBOOK = "lookup"  # measured best on trained ResNet20 weights: results/quant-error.md
 
@@ -38,8 +38,8 @@ def convert(model: nn.Module, weight_bits: int = 4, act_bits: int = 4, granulari
                          "(already converted layers are left alone)")
     keep = _resolve_keep_8bit(targets, keep_8bit)
     for name, module in targets:
-        args = dict(fixed_8bit=True) if name in keep else dict(
-            weight_bits=weight_bits, act_bits=act_bits, granularity=granularity, codebook=codebook)
+        args = {"fixed_8bit": True} if name in keep else {
+            "weight_bits": weight_bits, "act_bits": act_bits, "granularity": granularity, "codebook": codebook}
         quantized = QUANT_LAYERS[type(module)].from_float(module, **args)
         if name == "":
             return quantized  # the model itself was a single layer
@@ -103,5 +103,3 @@ def average_bits(model: nn.Module) -> tuple[float, float]:
         a_size += float(sizes.sum())
     return w_bits / w_size, a_bits / a_size
 
-
-__all__ = ["convert", "average_bits", "quant_layers", "DMBQWeight", "UniformAct"]

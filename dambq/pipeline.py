@@ -62,8 +62,14 @@ def stage_file(stage: str, weight_target: float | None = 2.0, act_target: float 
     checkpoint they start from) without reading back each other's results."""
     if not STAGES[stage].allocate or (weight_target, act_target) == (2.0, 2.0):
         return stage
-    label = lambda t: "-" if t is None else f"{t:.2f}".rstrip("0").rstrip(".") if t % 1 else f"{t:.1f}"  # noqa: E731
-    return f"{stage}-W{label(weight_target)}A{label(act_target)}"
+    return f"{stage}-W{_bits_label(weight_target)}A{_bits_label(act_target)}"
+
+
+def _bits_label(target: float | None) -> str:
+    """2 -> "2.0", 1.25 -> "1.25", None -> "-" (that kind is not allocated)."""
+    if target is None:
+        return "-"
+    return f"{target:.1f}" if float(target).is_integer() or round(target, 1) == target else f"{target:.2f}"
 
 
 def device_name(device: torch.device) -> str:

@@ -206,7 +206,9 @@ class _UniformActQuant(torch.autograd.Function):
         x, y, clip, n = ctx.saved_tensors
         clip_ = clip.to(x.dtype)
         reduce_dims = [d for d, s in enumerate(n.shape) if s == 1]
-        per_channel = lambda t: t.sum(reduce_dims, keepdim=True)  # noqa: E731
+
+        def per_channel(t: Tensor) -> Tensor:
+            return t.sum(reduce_dims, keepdim=True)
         # inside [0, clip] <=> |x - clip/2| <= clip/2; a pruned channel gets -1: never inside
         half = torch.where(n > 0, clip_ / 2, -1.0)
         grad_x = (x - half).abs_().le_(half).mul_(grad_y)
