@@ -47,8 +47,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="runs/quick/w4a4.pt")
     parser.add_argument("--data", default=None)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--weight-target", type=float, default=2.0)
-    parser.add_argument("--act-target", type=float, default=2.0)
+    # a one-bit step: from W4A4, W2A2 in one shot lowers every group twice whatever the
+    # ranking; W3A3 lowers exactly the half that the ranking picks
+    parser.add_argument("--weight-target", type=float, default=3.0)
+    parser.add_argument("--act-target", type=float, default=3.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="results/lba-ablation.md")
     args = parser.parse_args()
