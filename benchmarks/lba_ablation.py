@@ -47,10 +47,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="runs/quick/w4a4.pt")
     parser.add_argument("--data", default=None)
     parser.add_argument("--steps", type=int, default=40)
-    # a one-bit step: from W4A4, W2A2 in one shot lowers every group twice whatever the
-    # ranking; W3A3 lowers exactly the half that the ranking picks
-    parser.add_argument("--weight-target", type=float, default=3.0)
-    parser.add_argument("--act-target", type=float, default=3.0)
+    # half a bit: from W4A4, an integer target (W3A3, W2A2) in one shot lowers every group
+    # alike whatever the ranking; W3.5A3.5 lowers the half of the groups the ranking picks
+    parser.add_argument("--weight-target", type=float, default=3.5)
+    parser.add_argument("--act-target", type=float, default=3.5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="results/lba-ablation.md")
     args = parser.parse_args()
