@@ -6,7 +6,7 @@ mistaken for a reproduction of the paper's.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,6 @@ class Profile:
     test_limit: int | None = None
     arch: str = "resnet20"
     note: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 PROFILES: dict[str, Profile] = {
