@@ -64,6 +64,15 @@ class QuantMixin:
             bits = _as_bits(act_bits, self.act_bits.numel(), 0, MAX_ACT_BITS, "act_bits")
             self.act_quant.bits.copy_(bits)
 
+    @torch.no_grad()
+    def _load_float(self, module: nn.Module):
+        """Copy weight and bias from the float layer; restart the weight statistics."""
+        self.weight.copy_(module.weight)
+        if module.bias is not None:
+            self.bias.copy_(module.bias)
+        self.weight_quant.reset_statistics(self.weight)
+        return self
+
     def quantized_weight(self) -> Tensor:
         """The weight the forward pass uses (no EMA update when in eval mode)."""
         return self.weight_quant(self.weight)
@@ -87,12 +96,7 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                     conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
                     **quant_args)
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        layer.weight_quant.reset_statistics(layer.weight)
-        return layer
+        return layer._load_float(conv)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
@@ -112,12 +116,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         """A quantized copy of `linear`, weight and bias included."""
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
                     device=linear.weight.device, dtype=linear.weight.dtype, **quant_args)
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        layer.weight_quant.reset_statistics(layer.weight)
-        return layer
+        return layer._load_float(linear)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)

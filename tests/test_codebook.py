@@ -42,16 +42,6 @@ LLOYD_MAX_GAUSS_2BIT = np.array([-1.510, -0.4528, 0.4528, 1.510])
 CODEBOOK_NAMES = ("lookup", "laplace", "uniform")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded: these tensors are tiny, and on 2 shared cores a second intra-op
-    thread makes each op wait on a busy core (100x slower when the other core is taken)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- V2 table
 
 def test_v2_table_matches_spec_exactly():

@@ -16,16 +16,6 @@ from dambq.models import build_model
 QUANT_TYPES = (QuantConv2d, QuantLinear)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded: these tensors are tiny, and on 2 shared cores a second intra-op
-    thread makes each op wait on a busy core (100x slower when the other core is taken)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mlp() -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(),
                          nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 10))

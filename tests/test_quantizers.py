@@ -19,16 +19,6 @@ from dambq.codebook import V2_LAPLACE_TABLE, build_codebook, levels_from_coefs
 CODEBOOK_NAMES = ("lookup", "laplace", "uniform")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded: these tensors are tiny, and on 2 shared cores a second intra-op
-    thread makes each op wait on a busy core (100x slower when the other core is taken)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_conv(out_channels=8, in_channels=4, bits=4, act_bits=4, codebook="lookup", seed=0,
               granularity="channel", **kwargs):
     """A quantized 3x3 conv made from a float one with heavy-tailed (Laplace) weights,
