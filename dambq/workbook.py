@@ -159,6 +159,29 @@ def run_notebooks(profile: str = "auto", device: str = "auto", data_root: str | 
     return done
 
 
+def commit_outputs(executed: list[Path], notebooks_dir: Path = REPO_ROOT / "notebooks") -> list[Path]:
+    """Copy executed notebooks over the committed ones, without papermill's injected
+    parameters cell, so that their outputs show a real run while running them top to
+    bottom (and nbval) still uses the default `parameters` cell (the smoke profile).
+
+    Why not keep the injected cell: it would make every later run, CI's nbval
+    included, repeat the long profile."""
+    import nbformat
+
+    written = []
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        nb.metadata.pop("papermill", None)
+        for cell in nb.cells:
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+        target = notebooks_dir / path.name
+        nbformat.write(nb, target)
+        written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: python -m dambq.workbook --profile auto|smoke|quick|paper [--device] [--data]."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-target", type=float, default=2.0, help="03: LBA weight target")
     parser.add_argument("--act-target", type=float, default=2.0, help="03: LBA activation target")
     parser.add_argument("--only", default=None, help="comma list of notebook numbers to run, e.g. 02,03")
+    parser.add_argument("--commit-outputs", action="store_true",
+                        help="copy the executed notebooks over notebooks/ (first rebuild them with "
+                             "notebooks/build_notebooks.py --committed-profile <profile>)")
     args = parser.parse_args(argv)
     # the notebooks run from the repository root: paths given here are relative to the caller's folder
     for key in ("data", "runs_dir", "float_checkpoint", "out"):
@@ -190,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
                           notebooks, extra)
     print(f"all {len(paths)} notebooks done in {(time.perf_counter() - started) / 60:.1f} min; "
           f"executed copies in {paths[0].parent if paths else '-'}", flush=True)
+    if args.commit_outputs:
+        for path in commit_outputs(paths):
+            print(f"outputs committed to {path}")
 
 
 if __name__ == "__main__":

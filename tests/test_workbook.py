@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import nbformat
@@ -31,6 +32,18 @@ def test_output_dirs_keep_smoke_figures_out_of_figures(tmp_path, monkeypatch):
     assert runs == Path("runs/quick") and figures == Path("figs")
     runs, _ = wb.output_dirs("paper", runs_dir=tmp_path / "elsewhere")
     assert runs == tmp_path / "elsewhere" and runs.is_dir()
+
+
+def test_commit_outputs_drops_the_injected_cell(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'smoke'"), nbformat.v4.new_code_cell("profile = 'quick'")]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.cells[1].metadata["tags"] = ["injected-parameters"]
+    (tmp_path / "run").mkdir()
+    nbformat.write(nb, tmp_path / "run" / "x.ipynb")
+    (tmp_path / "nb").mkdir()
+    [out] = wb.commit_outputs([tmp_path / "run" / "x.ipynb"], tmp_path / "nb")
+    assert [c.source for c in nbformat.read(out, as_version=4).cells] == ["profile = 'smoke'"]
 
 
 def test_stage_files_carry_allocation_targets():
@@ -77,8 +90,10 @@ def test_committed_notebooks_match_the_builder(tmp_path):
     spec.loader.exec_module(builder)
     assert tuple(builder.NOTEBOOKS) == wb.NOTEBOOKS
     for name, make in builder.NOTEBOOKS.items():
-        built = builder.build(name, make(None))
         committed = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        # committed with outputs of a named profile, or unexecuted (the first cell says which)
+        named = re.search(r"from the `(\w+)` profile", committed.cells[0].source)
+        built = builder.build(name, make(named.group(1) if named else None))
         assert [c.source for c in committed.cells] == [c.source for c in built.cells], name
         params = [c for c in committed.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1
