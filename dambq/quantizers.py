@@ -120,15 +120,13 @@ class DMBQWeight(nn.Module):
         """Code-book entry (shape index) each group uses now."""
         return torch.bucketize(self.shape_stat, self.shape_edges)
 
-    def clip(self, bits: Tensor | None = None) -> Tensor:
-        """Per-group clip c = k_b(shape) * mean|w| (the largest level)."""
+    def code(self, bits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-group absolute levels [G, 16] (padded by repeating the top level) and
+        clip c = k_b(shape) * mean|w| [G] (the largest level), one table lookup for both."""
         bits = self.bits if bits is None else bits
-        return self.table_clip[bits, self.entries()] * self.scale
-
-    def levels(self, bits: Tensor | None = None) -> Tensor:
-        """Per-group absolute levels [G, 16] (padded by repeating the top level)."""
-        bits = self.bits if bits is None else bits
-        return self.table_levels[bits, self.entries()] * self.clip(bits)[:, None]
+        entries = self.entries()
+        clip = self.table_clip[bits, entries] * self.scale
+        return self.table_levels[bits, entries] * clip[:, None], clip
 
     def forward(self, weight: Tensor) -> Tensor:
         w = weight.reshape(self.groups, -1)
@@ -138,10 +136,10 @@ class DMBQWeight(nn.Module):
                 self.scale.lerp_(mean_abs, self.momentum)
                 self.shape_stat.lerp_(shape, self.momentum)
         sensitivity = self.step_sensitivity if self.track and torch.is_grad_enabled() else None
-        next_levels = self.levels((self.bits - 1).clamp_min(0)) if sensitivity is not None \
+        next_levels = self.code((self.bits - 1).clamp_min(0))[0] if sensitivity is not None \
             and self.track == "next" else None
-        levels = self.levels().to(w.dtype)
-        q = _SnapToLevels.apply(w, levels, self.clip().to(w.dtype), sensitivity, next_levels)
+        levels, clip = self.code()
+        q = _SnapToLevels.apply(w, levels.to(w.dtype), clip.to(w.dtype), sensitivity, next_levels)
         return q.reshape(weight.shape)
 
     def extra_repr(self) -> str:
