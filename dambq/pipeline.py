@@ -138,6 +138,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     final = evaluate(model, data.test_images, data.test_labels, device_)
     summary = {"stage": stage, "description": spec.description, "profile": profile.name,
                "arch": profile.arch, "data": data.source, "device": device_name(device_),
+               "precision": history[-1].get("precision", "fp32") if history else "fp32",
                "epochs": cfg.epochs, "top1": final["top1"], "test_loss": final["loss"],
                "minutes": sum(r["seconds"] for r in history) / 60,
                "wall_minutes_this_call": (time.perf_counter() - started) / 60}
@@ -173,12 +174,12 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
     order = {name: i for i, name in enumerate(STAGES)}
     summaries.sort(key=lambda s: order.get(s["stage"], len(order)))
     lines = [f"# Results: {out}", "", f"Command: `{command}`", "",
-             "| stage | what | profile | data | device | epochs | top-1 (%) | W avg | A avg | minutes |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| stage | what | profile | data | device | training precision | epochs | top-1 (%) | W avg | A avg "
+             "| minutes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
         lines.append(f"| {s['stage']} | {s['description']} | {s['profile']} | {s['data']} | {s['device']} | "
-                     f"{s['epochs']} | {s['top1']:.2f} | {bits} | {s['minutes']:.1f} |")
+                     f"{s.get('precision', 'fp32')} | {s['epochs']} | {s['top1']:.2f} | {bits} | {s['minutes']:.1f} |")
     for s in summaries:
         if "allocation" not in s:
             continue

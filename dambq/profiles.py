@@ -51,11 +51,11 @@ PROFILES: dict[str, Profile] = {
         note="seconds; synthetic data; checks that everything runs, measures nothing"),
     "quick": Profile(
         name="quick",
-        float=StageConfig(epochs=20, lr=0.1, batch_size=128, warmup_epochs=1),
-        w4a4=StageConfig(epochs=3, lr=0.01, batch_size=128),
+        float=StageConfig(epochs=24, lr=0.1, batch_size=128, warmup_epochs=1),
+        w4a4=StageConfig(epochs=5, lr=0.01, batch_size=128),
         lba=StageConfig(epochs=10, lr=0.02, batch_size=128),
         lba_window=(0, 4),
-        note="CPU-scale: all three stages on the CIFAR-10 JPEG copy in about an hour on 2 cores; "
+        note="CPU-scale: all three stages on the CIFAR-10 JPEG copy in under an hour on 2 cores; "
              "short schedules, not a reproduction of the paper's numbers"),
     "paper": Profile(
         name="paper",

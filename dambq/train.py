@@ -43,6 +43,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast is a speed-up here: CUDA, or a CPU with AMX or AVX512-BF16.
+
+    Why check the CPU: on the 2-core Xeon (AMX) used for the quick profile a float
+    ResNet20 training step at batch 128 runs 1.8x faster in bf16 autocast (1277 vs
+    707 img/s, both channels_last); on a CPU without bf16 units it would be emulated
+    and slower."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check is not None and check() for check in checks)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch (CPU and CUDA) and return a generator for data order/augmentation."""
     torch.manual_seed(seed)
@@ -144,14 +160,16 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
 
     allocator: a dambq.BitAllocator, fed every step and stepped every epoch.
     checkpoint/resume: continue from an existing checkpoint (see module doc).
-    amp: bfloat16 autocast, default on for float models on CUDA only (quantized
-    layers keep float32 so the levels stay exact). channels_last: default on CUDA.
+    amp: bfloat16 autocast, default on for float models where `fast_bfloat16` says
+    it pays (quantized layers keep float32 so the levels stay exact; evaluation is
+    always float32). channels_last: default on (CPU, measured here: float step
+    1.18x, W4A4 step 1.05x faster).
     meta: saved in the checkpoint (e.g. architecture and conversion arguments).
     Returns one metrics dict per epoch (loss, top-1, average bits, seconds)."""
     device = resolve_device(device)
     quantized = any(True for _ in quant_layers(model, include_8bit=True))
-    amp = (device.type == "cuda" and not quantized) if amp is None else amp
-    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    amp = (fast_bfloat16(device) and not quantized) if amp is None else amp
+    channels_last = True if channels_last is None else channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     generator = seed_everything(seed)
@@ -190,6 +208,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
         record = {"stage": stage, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                  "precision": "bf16 autocast" if amp else "fp32",
                   "train_loss": float(loss_sum) / seen, "train_top1": 100.0 * float(correct) / seen}
         if allocator is not None:
             allocator.end_epoch(epoch)

@@ -1,0 +1,20 @@
+"""The benchmark scripts run end to end on a tiny synthetic set (their numbers are not checked).
+
+Why: the GPU check is one prepared script run on a lent machine with minutes of
+budget; a crash there wastes the loan, so CI runs the same script on CPU first."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_epoch_time_script_writes_its_table(tmp_path):
+    out = tmp_path / "epoch.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "epoch_time.py"), "--device", "cpu",
+                    "--source", "synthetic", "--train-limit", "128", "--batch", "32", "--epochs", "2",
+                    "--out", str(out)], check=True, cwd=tmp_path, capture_output=True, text=True)
+    text = out.read_text()
+    for row in ("| float | ", "| W4A4 | fp32", "| W4A4 + allocation (ends at W3.00A3.00) | fp32"):
+        assert row in text, text
+    assert "Quantized / float epoch time" in text and "synthetic" in text
