@@ -51,7 +51,7 @@ PROFILES: dict[str, Profile] = {
         note="seconds; synthetic data; checks that everything runs, measures nothing"),
     "quick": Profile(
         name="quick",
-        float=StageConfig(epochs=24, lr=0.1, batch_size=128, warmup_epochs=1),
+        float=StageConfig(epochs=30, lr=0.1, batch_size=128, warmup_epochs=1),
         w4a4=StageConfig(epochs=5, lr=0.01, batch_size=128),
         lba=StageConfig(epochs=10, lr=0.02, batch_size=128),
         lba_window=(0, 4),

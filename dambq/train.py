@@ -95,8 +95,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: StageConfig, steps: in
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-             batch_size: int = 1000, memory_format=torch.contiguous_format) -> dict[str, float]:
-    """Mean cross-entropy and top-1 (%) in eval mode; batch size does not change the result."""
+             batch_size: int = 250, memory_format=torch.contiguous_format) -> dict[str, float]:
+    """Mean cross-entropy and top-1 (%) in eval mode, always in float32.
+
+    Batch size does not change the result; 250 because it is fastest on 2 CPU cores
+    (10k test images, ResNet20, channels_last: 4.8 s at 250, 7.8 s at 1000)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)

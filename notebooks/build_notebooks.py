@@ -276,7 +276,7 @@ Every stage writes `runs/<profile>/<stage>.pt/.csv/.json`; notebook 03 starts fr
 {FIGURE_RULE}"""),
         ("params", PARAMETERS_COMMON + '''
 float_checkpoint = None  # a dambq float checkpoint (.pt written by run_stage/fit) to use instead of training
-with_laplace = False     # also fine-tune with V2's fixed Laplace table (stage w4a4_laplace, 3 more epochs)'''),
+with_laplace = False     # also fine-tune with V2's fixed Laplace table (stage w4a4_laplace, the w4a4 schedule again)'''),
         ("code", SETUP),
         ("md", "## Stages\n\nEach `run_stage` call trains the stage, resumes it if it was killed, or reads a "
                "finished one back at once."),
