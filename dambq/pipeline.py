@@ -37,6 +37,7 @@ class Stage:
     weight_bits: int = 4
     act_bits: int = 4
     allocate: bool = False      # attach a BitAllocator with the profile's window
+    teacher: str | None = None  # stage whose model it also distils from (an extension)
     description: str = ""
 
 
@@ -49,6 +50,8 @@ STAGES: dict[str, Stage] = {
                           description="W4A4 baseline: uniform weights, MSE-optimal clip"),
     "w4a4_laplace": Stage("float", "w4a4", codebook="laplace",
                           description="W4A4 with V2's fixed Laplace table"),
+    "w4a4_kd": Stage("float", "w4a4", codebook="lookup", teacher="float",
+                     description="W4A4 as w4a4, plus distillation from the float model (extension)"),
     "w2a2_fixed": Stage("w4a4", "lba", codebook="lookup", weight_bits=2, act_bits=2,
                         description="every channel at W2A2 from W4A4, same steps as LBA (no allocation)"),
 }
@@ -129,12 +132,16 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     if spec.allocate:
         allocator = BitAllocator(model, weight_target=weight_target, act_target=act_target,
                                  window=profile.lba_window, **(allocator_args or {}))
+    teacher = None
+    if spec.teacher is not None:
+        teacher = build_model(profile.arch)
+        teacher.load_state_dict(load_checkpoint(out / f"{spec.teacher}.pt", map_location="cpu")["model"])
     name = stage_file(stage, weight_target, act_target)
     started = time.perf_counter()
     history = fit(model, data, cfg, device=device_, allocator=allocator, checkpoint=out / f"{name}.pt",
                   metrics_csv=out / f"{name}.csv", seed=seed, stage=stage, progress=progress,
                   meta={"stage": stage, "profile": profile.name, "arch": profile.arch},
-                  on_epoch_end=on_epoch_end)
+                  on_epoch_end=on_epoch_end, teacher=teacher)
     final = evaluate(model, data.test_images, data.test_labels, device_)
     summary = {"stage": stage, "description": spec.description, "profile": profile.name,
                "arch": profile.arch, "data": data.source, "device": device_name(device_),

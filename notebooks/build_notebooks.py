@@ -276,7 +276,8 @@ Every stage writes `runs/<profile>/<stage>.pt/.csv/.json`; notebook 03 starts fr
 {FIGURE_RULE}"""),
         ("params", PARAMETERS_COMMON + '''
 float_checkpoint = None  # a dambq float checkpoint (.pt written by run_stage/fit) to use instead of training
-with_laplace = False     # also fine-tune with V2's fixed Laplace table (stage w4a4_laplace, the w4a4 schedule again)'''),
+with_laplace = False     # also fine-tune with V2's fixed Laplace table (stage w4a4_laplace, the w4a4 schedule again)
+with_distill = True      # also W4A4 with distillation from the float model (stage w4a4_kd; an extension)'''),
         ("code", SETUP),
         ("md", "## Stages\n\nEach `run_stage` call trains the stage, resumes it if it was killed, or reads a "
                "finished one back at once."),
@@ -284,7 +285,8 @@ with_laplace = False     # also fine-tune with V2's fixed Laplace table (stage w
 data = load_data(prof, data_root)
 if float_checkpoint:
     print(f"using {wb.adopt_checkpoint(float_checkpoint, runs_dir)} (from {float_checkpoint})")
-stages = ["float", "w4a4", "w4a4_uniform"] + (["w4a4_laplace"] if with_laplace else [])
+stages = (["float", "w4a4", "w4a4_uniform"] + (["w4a4_laplace"] if with_laplace else [])
+          + (["w4a4_kd"] if with_distill else []))
 runs = {}
 for stage in stages:
     runs[stage] = run_stage(stage, prof, runs_dir, data=data, device=device, progress=False,

@@ -111,3 +111,19 @@ def test_bf16_autocast_only_for_float_models_where_it_pays(monkeypatch):
     monkeypatch.setattr(train, "fast_bfloat16", lambda device: False)
     assert fit(build_model("resnet20"), data, cfg, device="cpu", progress=False)[0]["precision"] == "fp32"
     assert not train.fast_bfloat16(torch.device("meta"))
+
+
+def test_distillation_from_a_teacher_trains_and_pulls_towards_it(tmp_path):
+    from dambq.train import distill_loss
+    data, cfg = small_data(), StageConfig(epochs=1, lr=0.05, batch_size=64)
+    torch.manual_seed(0)
+    teacher = build_model("resnet20")
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        same = teacher.eval()(x)
+    assert distill_loss(same, teacher, x, amp=False).abs() < 1e-5  # a student equal to its teacher: KL 0
+    assert distill_loss(torch.zeros_like(same), teacher, x, amp=False) > 0
+    student = dambq.convert(teacher)
+    history = fit(student, data, cfg, device="cpu", progress=False, teacher=teacher, distill_weight=0.5)
+    assert history[0]["precision"] == "fp32" and history[0]["train_loss"] > 0
+    assert not any(p.requires_grad for p in teacher.parameters())
