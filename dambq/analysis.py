@@ -85,8 +85,11 @@ def per_group_multibit(w: Tensor, bits: int, init_coefs: np.ndarray | None = Non
         levels, order = torch.sort(alpha @ signs.T, dim=1)                     # [G, L]
         index = torch.searchsorted(((levels[:, 1:] + levels[:, :-1]) / 2).contiguous(), w.contiguous())
         planes = signs[torch.gather(order, 1, index)]                           # [G, n, b]
-        gram = planes.transpose(1, 2) @ planes + 1e-6 * torch.eye(bits, dtype=w.dtype)
-        alpha = torch.linalg.solve(gram, (planes.transpose(1, 2) @ w.unsqueeze(2))).squeeze(2).abs()
+        # ridge relative to the row length, in float64: a row whose sign planes coincide
+        # (few distinct values) makes the plain Gram matrix singular
+        gram = (planes.transpose(1, 2) @ planes).double() + 1e-6 * w.shape[1] * torch.eye(bits, dtype=torch.float64)
+        rhs = (planes.transpose(1, 2) @ w.unsqueeze(2)).double()
+        alpha = torch.linalg.solve(gram, rhs).squeeze(2).abs().to(w.dtype)
     levels, _ = torch.sort(alpha @ signs.T, dim=1)
     index = torch.searchsorted(((levels[:, 1:] + levels[:, :-1]) / 2).contiguous(), w.contiguous())
     return torch.gather(levels, 1, index)

@@ -187,6 +187,11 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
         bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
         lines.append(f"| {s['stage']} | {s['description']} | {s['profile']} | {s['data']} | {s['device']} | "
                      f"{s.get('precision', 'fp32')} | {s['epochs']} | {s['top1']:.2f} | {bits} | {s['minutes']:.1f} |")
+    chain = [s for s in summaries if s["stage"] in ("float", "w4a4")
+             or (s["stage"] == "lba" and s.get("targets") == [2.0, 2.0])]
+    if len(chain) == 3:
+        lines += ["", "The paper's pipeline float -> W4A4 -> W2.0A2.0 (stages float, w4a4, lba) took "
+                  f"{sum(s['minutes'] for s in chain):.1f} min of training and evaluation."]
     for s in summaries:
         if "allocation" not in s:
             continue

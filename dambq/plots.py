@@ -641,11 +641,21 @@ def accuracy_vs_bits(points: Sequence[Mapping[str, Any]], reference: Sequence[Ma
             c = color(p.get("stage", p.get("label", "")), i) if filled else "0.45"
             ax.scatter(p["weight_bits"], p["top1"], s=55, marker=marker, color=c if filled else "white",
                        edgecolors=c, linewidths=1.5, zorder=3)
-            # this run's labels to the right, references' to the left, so that neighbours do not collide
+    # labels: this run's to the right, references' to the left; points at the same bits whose
+    # labels would overlap are pushed apart vertically (at least 10 points between lines)
+    low, high = ax.get_ylim()
+    points_per_unit = ax.bbox.height * 72 / fig.dpi / max(high - low, 1e-9)
+    for group, pts, marker, filled in groups:
+        placed: dict[float, float] = {}  # x -> lowest label position so far (in points)
+        for i, p in sorted(enumerate(pts), key=lambda ip: -ip[1]["top1"]):
+            c = color(p.get("stage", p.get("label", "")), i) if filled else "0.45"
             text = f"{p['label']} (W{p['weight_bits']:.2f}A{p['act_bits']:.2f})" if filled else p["label"]
+            x, y = round(p["weight_bits"], 1), p["top1"] * points_per_unit
+            label_y = min(y, placed[x] - 10) if x in placed else y
+            placed[x] = label_y
             ax.annotate(text, (p["weight_bits"], p["top1"]), textcoords="offset points",
-                        xytext=(7, 0) if filled else (-7, 0), ha="left" if filled else "right", va="center",
-                        fontsize=7.5, color=c)
+                        xytext=(7 if filled else -7, label_y - y), ha="left" if filled else "right",
+                        va="center", fontsize=7.5, color=c)
     handles = [Line2D([], [], marker=m, ls="", color="0.3", markerfacecolor="0.3" if f else "white", label=g)
                for g, _, m, f in groups]
     fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=len(handles))

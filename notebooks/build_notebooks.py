@@ -277,7 +277,7 @@ Every stage writes `runs/<profile>/<stage>.pt/.csv/.json`; notebook 03 starts fr
         ("params", PARAMETERS_COMMON + '''
 float_checkpoint = None  # a dambq float checkpoint (.pt written by run_stage/fit) to use instead of training
 with_laplace = False     # also fine-tune with V2's fixed Laplace table (stage w4a4_laplace, the w4a4 schedule again)
-with_distill = True      # also W4A4 with distillation from the float model (stage w4a4_kd; an extension)'''),
+with_distill = False     # also W4A4 with distillation from the float model (stage w4a4_kd; an extension)'''),
         ("code", SETUP),
         ("md", "## Stages\n\nEach `run_stage` call trains the stage, resumes it if it was killed, or reads a "
                "finished one back at once."),
