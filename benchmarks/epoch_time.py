@@ -1,7 +1,7 @@
 """Epoch time of the training engine: float vs channel-wise W4A4 vs W4A4 with allocation.
 
     python benchmarks/epoch_time.py --device cuda --batch 512 --epochs 3 --out results/gpu.md
-    python benchmarks/epoch_time.py --device cpu --batch 128 --epochs 2 --train-limit 4096 --out /tmp/cpu.md
+    python benchmarks/epoch_time.py --device cpu --batch 128 --epochs 2 --train-limit 4096 --out runs/epoch-time-cpu.md
 
 The GPU check of the engine issue: one prepared script, a few minutes on one GPU.
 Every configuration runs through `dambq.train.fit` itself (data on the device as
