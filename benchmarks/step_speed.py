@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import dambq
 from dambq.models import build_model
+from dambq.convert import is_quantized
 from dambq.pipeline import device_name
 from dambq.train import fast_bfloat16
 
@@ -26,8 +27,7 @@ def step_timer(model, batch: int, device: torch.device, amp: bool = False,
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,), device=device)
-    quantized = any(True for _ in dambq.quant_layers(model))
-    allocator = dambq.BitAllocator(model, 2.0, 2.0) if quantized else None
+    allocator = dambq.BitAllocator(model, 2.0, 2.0) if is_quantized(model) else None
 
     def step() -> float:
         if device.type == "cuda":

@@ -73,6 +73,12 @@ def quant_layers(model: nn.Module, include_8bit: bool = False) -> Iterator[tuple
             yield name, module
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether `model` holds any quantized layer (8-bit ones included): such a model
+    trains in float32 so that its levels stay exact."""
+    return any(True for _ in quant_layers(model, include_8bit=True))
+
+
 def weight_group_sizes(layer: QuantMixin) -> Tensor:
     """Number of weights in each weight group of a layer."""
     return torch.full_like(layer.weight_bits, layer.weight.numel() // layer.weight_bits.numel())

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convert import average_bits, quant_layers
+from .convert import average_bits, is_quantized
 from .data import Cifar10, batches, steps_per_epoch
 from .profiles import StageConfig
 
@@ -47,8 +47,8 @@ def fast_bfloat16(device: torch.device) -> bool:
     """Whether bfloat16 autocast is a speed-up here: CUDA, or a CPU with AMX or AVX512-BF16.
 
     Why check the CPU: on the 2-core Xeon (AMX) used for the quick profile a float
-    ResNet20 training step at batch 128 runs 1.8x faster in bf16 autocast (1277 vs
-    707 img/s, both channels_last); on a CPU without bf16 units it would be emulated
+    ResNet20 training step runs about 1.7x faster in bf16 autocast (results/step-speed.md,
+    `python benchmarks/step_speed.py`); on a CPU without bf16 units it would be emulated
     and slower."""
     if device.type == "cuda":
         return True
@@ -57,6 +57,12 @@ def fast_bfloat16(device: torch.device) -> bool:
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     return any(check is not None and check() for check in checks)
+
+
+def default_amp(model: nn.Module, device: torch.device) -> bool:
+    """bf16 autocast for `model` on `device`: float models where `fast_bfloat16`; quantized
+    models never, so that their levels stay exact."""
+    return fast_bfloat16(device) and not is_quantized(model)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -98,8 +104,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
              batch_size: int = 250, memory_format=torch.contiguous_format) -> dict[str, float]:
     """Mean cross-entropy and top-1 (%) in eval mode, always in float32.
 
-    Batch size does not change the result; 250 because it is fastest on 2 CPU cores
-    (10k test images, ResNet20, channels_last: 4.8 s at 250, 7.8 s at 1000)."""
+    Batch size does not change the result; 250 because of 250, 500 and 1000 it was the
+    fastest on 2 CPU cores (ResNet20, channels_last; a one-off measurement, not a benchmark)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -176,17 +182,18 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
     checkpoint/resume: continue from an existing checkpoint (see module doc).
     amp: bfloat16 autocast, default on for float models where `fast_bfloat16` says
     it pays (quantized layers keep float32 so the levels stay exact; evaluation is
-    always float32). channels_last: default on (CPU, measured here: float step
-    1.18x, W4A4 step 1.05x faster).
+    always float32). channels_last: default on (on 2 CPU cores it speeds up the float
+    and the W4A4 step: results/step-speed.md vs results/step-speed-contiguous.md).
     teacher: a trained model (usually the float one) whose soft predictions on the
     same augmented batch the student also matches: loss = (1 - w) * CE + w * KL,
-    w = `distill_weight`. An extension, not in the paper: a quantized net
-    fine-tuned for a few epochs loses less when it copies its float parent.
+    w = `distill_weight`. An extension, not in the paper, tried on the idea that a
+    quantized net fine-tuned for a few epochs loses less when it copies its float
+    parent; in the quick profile it lowered W4A4 top-1 (results/quick-cpu.md).
     meta: saved in the checkpoint (e.g. architecture and conversion arguments).
     Returns one metrics dict per epoch (loss, top-1, average bits, seconds)."""
     device = resolve_device(device)
-    quantized = any(True for _ in quant_layers(model, include_8bit=True))
-    amp = (fast_bfloat16(device) and not quantized) if amp is None else amp
+    quantized = is_quantized(model)
+    amp = default_amp(model, device) if amp is None else amp
     channels_last = True if channels_last is None else channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
@@ -202,7 +209,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
     step_fn = torch.compile(model) if compile else model
     if teacher is not None:
         teacher.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
-        teacher_amp = fast_bfloat16(device) and not any(True for _ in quant_layers(teacher, include_8bit=True))
+        teacher_amp = default_amp(teacher, device)
     train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
     epochs = range(start_epoch, cfg.epochs)
     bar = tqdm(epochs, desc=stage, disable=not progress or tqdm is None) if tqdm else epochs
