@@ -1,14 +1,15 @@
 """dambq: Distribution-aware Adaptive Multi-bit Quantization (CVPR 2021), as a small library.
 
     qmodel = dambq.convert(model, weight_bits=4, act_bits=4)   # DMBQ weights, uniform activations
+    dambq.calibrate_act_clips(qmodel, images)                   # MSE-optimal start for each act_clip
     alloc = dambq.BitAllocator(qmodel, weight_target=2.0, act_target=2.0, window=(0, 150))
     loss.backward(); alloc.accumulate(); optimizer.step()       # every step; alloc.end_epoch(e) each epoch
     dambq.average_bits(qmodel), dambq.bit_report(qmodel)        # size-weighted averages, per-layer table
 """
 from .codebook import CODEBOOKS, V2_LAPLACE_TABLE, build_codebook
-from .convert import DEFAULT_CODEBOOK, average_bits, convert, quant_layers
+from .convert import DEFAULT_CODEBOOK, average_bits, calibrate_act_clips, convert, quant_layers
 from .layers import QuantConv2d, QuantLinear
 from .lba import BitAllocator, bit_report
 
-__all__ = ["convert", "average_bits", "BitAllocator", "bit_report", "quant_layers", "QuantConv2d", "QuantLinear",
+__all__ = ["convert", "calibrate_act_clips", "average_bits", "BitAllocator", "bit_report", "quant_layers", "QuantConv2d", "QuantLinear",
            "build_codebook", "CODEBOOKS", "DEFAULT_CODEBOOK", "V2_LAPLACE_TABLE"]

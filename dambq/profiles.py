@@ -37,6 +37,7 @@ class Profile:
     train_limit: int | None = None
     test_limit: int | None = None
     arch: str = "resnet20"
+    act_clip_init: str | float = "mse"   # float -> quantized: "mse" calibrates each clip, a number sets all
     note: str = ""
 
 

@@ -18,3 +18,16 @@ def test_epoch_time_script_writes_its_table(tmp_path):
     for row in ("| float | ", "| W4A4 | fp32", "| W4A4 + allocation (ends at W3.00A3.00) | fp32"):
         assert row in text, text
     assert "Quantized / float epoch time" in text and "synthetic" in text
+
+
+def test_clip_init_script_writes_its_table(tmp_path):
+    from dambq.models import build_model
+    from dambq.train import save_checkpoint
+    checkpoint = tmp_path / "float.pt"
+    save_checkpoint(checkpoint, {"model": build_model("resnet20").state_dict(), "meta": {"arch": "resnet20"}})
+    out = tmp_path / "clip.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "clip_init.py"), "--checkpoint", str(checkpoint),
+                    "--source", "synthetic", "--test-limit", "64", "--bits", "2", "--out", str(out)],
+                   check=True, cwd=tmp_path, capture_output=True, text=True)
+    text = out.read_text()
+    assert "| 2 | 3.0 (spec) | " in text and "| 2 | MSE-calibrated | " in text and "synthetic" in text

@@ -425,3 +425,89 @@ def test_set_bits_on_fixed_layer_raises():
     with pytest.raises(ValueError):
         q.fc.set_bits(act_bits=2)
     assert q.conv1.weight_bits.unique().tolist() == [8]
+
+
+# ============================================================================ activation clip calibration
+
+def brute_force_clip(values: torch.Tensor, bits: int, clips: torch.Tensor) -> float:
+    n = 2 ** bits - 1
+    errors = [float(((values - torch.round(torch.clamp(values / c, 0, 1) * n) * c / n) ** 2).mean()) for c in clips]
+    return float(clips[int(torch.tensor(errors).argmin())])
+
+
+def test_mse_clip_cuts_outliers_and_matches_a_brute_force_search():
+    from dambq.convert import mse_clip
+    gen = torch.Generator().manual_seed(0)
+    values = torch.relu(torch.randn(100_000, generator=gen))
+    values[0] = 40.0  # one outlier: clipping at the max would waste almost every level
+    clip = mse_clip(values, 4)
+    assert 1.5 < clip < 6.0
+    grid = torch.linspace(0.4, 40.0, 100)
+    assert clip == pytest.approx(brute_force_clip(values, 4, grid), rel=1e-5)
+    # more bits afford a larger clip on the same values
+    assert mse_clip(values, 2) < mse_clip(values, 4) < mse_clip(values, 8)
+    assert mse_clip(torch.zeros(10), 4) == 1.0  # nothing positive: a harmless clip, no 1/0
+
+
+def test_calibrate_act_clips_sets_each_layer_from_its_own_input():
+    from dambq.convert import mse_clip
+    from dambq.quantizers import UniformAct
+    torch.manual_seed(0)
+    model = convert(build_model("resnet20"), weight_bits=3, act_bits=3)
+    images = torch.randn(40, 3, 32, 32)
+    clips = dambq.calibrate_act_clips(model, images, batch_size=16)
+    names = [n for n, m in model.named_modules() if isinstance(m, UniformAct)]
+    assert list(clips) == names and len(names) == 18
+    assert model.training  # the mode it was in is restored
+    # the last layer was calibrated after all earlier ones: its clip is the MSE clip of the
+    # input it sees now (sub-sampling only starts above 200k values; this input has fewer)
+    last = model.get_submodule(names[-1])
+    seen = []
+    hook = last.register_forward_pre_hook(lambda _, args: seen.append(args[0].flatten()))
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, 40, 16):
+            model(images[start:start + 16])
+    hook.remove()
+    assert float(last.act_clip.detach()) == pytest.approx(mse_clip(torch.cat(seen), 3), rel=1e-5)
+    assert float(last.act_clip.detach()) == pytest.approx(clips[names[-1]])
+    with pytest.raises(ValueError, match="convert"):
+        dambq.calibrate_act_clips(build_model("resnet20"), images)
+
+
+def test_calibrated_clips_quantize_a_trained_like_model_better_than_3():
+    """On a model whose activations are far from the spec's 3.0 scale, calibration must cut
+    the output error of the converted model against the float one."""
+    from dambq.pipeline import init_act_clips
+    torch.manual_seed(0)
+    float_model = small_cnn()
+    with torch.no_grad():
+        for m in float_model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(0.2)  # small activations: 3.0 leaves most levels unused
+    float_model.eval()
+    images = torch.randn(64, 3, 8, 8)
+    reference = float_model(images)
+    errors = {}
+    for how in (3.0, "mse"):
+        model = convert(float_model, weight_bits=4, act_bits=4)  # first/last 8-bit: inputs are signed
+        if how == "mse":
+            dambq.calibrate_act_clips(model, images)
+        else:
+            init_act_clips(model, how, None, torch.device("cpu"))
+        model.eval()
+        with torch.no_grad():
+            errors[how] = float(((model(images) - reference) ** 2).mean())
+    assert errors["mse"] < 0.5 * errors[3.0]
+
+
+def test_init_act_clips_number_and_errors():
+    from dambq.pipeline import init_act_clips
+    model = convert(build_model("resnet20"))
+    init_act_clips(model, 2.5, None, torch.device("cpu"))
+    assert {float(p.detach()) for n, p in model.named_parameters() if n.endswith("act_clip")} == {2.5}
+    with pytest.raises(ValueError, match="needs the data"):
+        init_act_clips(model, "mse", None, torch.device("cpu"))
+    for bad in ("max", -1.0, 0):
+        with pytest.raises(ValueError, match="act_clip_init"):
+            init_act_clips(model, bad, None, torch.device("cpu"))
