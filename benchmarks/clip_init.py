@@ -12,15 +12,13 @@ results/clip-init.md.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 
-import dambq
 from dambq.data import load_cifar10
 from dambq.models import build_model
-from dambq.pipeline import device_name, init_act_clips
+from dambq.pipeline import compare_clip_starts, device_name
 from dambq.train import evaluate, load_checkpoint
 
 
@@ -41,19 +39,9 @@ def main() -> None:
     float_model.load_state_dict(state["model"])
     data = load_cifar10(args.data, source=args.source, test_limit=args.test_limit)
     float_top1 = evaluate(float_model.to(device), data.test_images, data.test_labels, device)["top1"]
-    rows = []
-    for bits in (int(b) for b in args.bits.split(",")):
-        for how in (3.0, "mse"):
-            model = dambq.convert(float_model, weight_bits=bits, act_bits=bits).to(device)
-            started = time.perf_counter()
-            init_act_clips(model, how, data, device)
-            seconds = time.perf_counter() - started
-            result = evaluate(model, data.test_images, data.test_labels, device)
-            clips = torch.stack([p.detach() for n, p in model.named_parameters() if n.endswith("act_clip")])
-            rows.append({"bits": bits, "init": "3.0 (spec)" if how == 3.0 else "MSE-calibrated",
-                         "top1": result["top1"], "loss": result["loss"], "seconds": seconds,
-                         "clip_range": f"{float(clips.min()):.2f}-{float(clips.max()):.2f}"})
-            print(rows[-1], flush=True)
+    rows = [row for bits in args.bits.split(",") for row in compare_clip_starts(float_model, data, device, int(bits))]
+    for row in rows:
+        print({k: v for k, v in row.items() if k != "clips"}, flush=True)
     text = "\n".join([
         "# Activation clip initialisation: top-1 right after conversion, before any quantized training", "",
         f"Command: `python benchmarks/clip_init.py --checkpoint {args.checkpoint} --bits {args.bits}`", "",
@@ -62,8 +50,8 @@ def main() -> None:
         "code-book at the same bits; first conv and last linear at 8 bits.", "",
         "| W/A bits | activation clips start at | top-1 | test loss | clips (min-max) | init seconds |",
         "|---|---|---|---|---|---|",
-        *[f"| {r['bits']} | {r['init']} | {r['top1']:.2f} | {r['loss']:.3f} | {r['clip_range']} | "
-          f"{r['seconds']:.1f} |" for r in rows], "",
+        *[f"| {r['bits']} | {r['start']} | {r['top1']:.2f} | {r['loss']:.3f} | {min(r['clips'].values()):.2f}-"
+          f"{max(r['clips'].values()):.2f} | {r['seconds']:.1f} |" for r in rows], "",
         "Before training only: the clips are learnable and move during quantized training; "
         "what the start is worth after training is in the pipeline's results.",
     ])

@@ -11,5 +11,6 @@ from .convert import DEFAULT_CODEBOOK, average_bits, calibrate_act_clips, conver
 from .layers import QuantConv2d, QuantLinear
 from .lba import BitAllocator, bit_report
 
-__all__ = ["convert", "calibrate_act_clips", "average_bits", "BitAllocator", "bit_report", "quant_layers", "QuantConv2d", "QuantLinear",
+__all__ = ["convert", "calibrate_act_clips", "average_bits", "BitAllocator", "bit_report", "quant_layers",
+           "QuantConv2d", "QuantLinear",
            "build_codebook", "CODEBOOKS", "DEFAULT_CODEBOOK", "V2_LAPLACE_TABLE"]

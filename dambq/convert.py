@@ -111,6 +111,12 @@ def average_bits(model: nn.Module) -> tuple[float, float]:
 
 
 
+def act_clips(model: nn.Module) -> dict[str, float]:
+    """{layer name: learnable activation clip} of every uniform activation quantizer."""
+    return {name.removesuffix(".act_quant"): float(module.act_clip.detach())
+            for name, module in model.named_modules() if isinstance(module, UniformAct)}
+
+
 def mse_clip(values: Tensor, bits: int, candidates: int = 100) -> float:
     """The clip c in (0, max] that minimises the mean squared error of the unsigned
     `bits`-bit uniform quantizer round(clamp(x/c, 0, 1) * n) * c/n on `values`.

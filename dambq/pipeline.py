@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert import average_bits, calibrate_act_clips, convert
+from .convert import act_clips, average_bits, calibrate_act_clips, convert
 from .data import Cifar10, load_cifar10, normalize
 from .lba import BitAllocator, bit_report
 from .models import build_model
@@ -119,6 +119,39 @@ def init_act_clips(model: nn.Module, how: str | float, data: Cifar10 | None, dev
                 param.fill_(clip)
 
 
+def compare_clip_starts(float_model: nn.Module, data: Cifar10, device: torch.device, bits: int = 4,
+                        starts: tuple[str | float, ...] = (3.0, "mse"), seed: int = 0) -> list[dict]:
+    """Top-1 of `float_model` converted to W<bits>A<bits>, before any quantized training,
+    once per way of starting the activation clips; each row also holds the clips.
+
+    Why: it shows what a start is worth without training (notebook 02,
+    benchmarks/clip_init.py); the float model itself is left untouched."""
+    rows = []
+    for how in starts:
+        model = convert(float_model, weight_bits=bits, act_bits=bits).to(device)
+        started = time.perf_counter()
+        init_act_clips(model, how, data, device, seed)
+        seconds = time.perf_counter() - started
+        result = evaluate(model, data.test_images, data.test_labels, device)
+        label = "MSE-calibrated" if how == "mse" else f"{float(how)}" + (" (spec)" if float(how) == 3.0 else "")
+        rows.append({"bits": bits, "start": label, "top1": result["top1"], "loss": result["loss"],
+                     "seconds": seconds, "clips": act_clips(model)})
+    return rows
+
+
+def clip_start(stage: str, profile: Profile, out: Path) -> str | float | None:
+    """How the stage's activation clips started: the profile's act_clip_init for a model
+    converted from float, the parent's record for one trained on from a quantized parent
+    (read from its summary, so a rerun with other settings cannot mislabel it), None for float."""
+    spec = STAGES[stage]
+    if spec.codebook is None:
+        return None
+    if STAGES[spec.parent].codebook is None:
+        return profile.act_clip_init
+    parent_summary = out / f"{spec.parent}.json"
+    return json.loads(parent_summary.read_text()).get("act_clip_init") if parent_summary.exists() else None
+
+
 def build_stage_model(stage: str, profile: Profile, out: Path, device: torch.device,
                       data: Cifar10 | None = None, seed: int = 0) -> nn.Module:
     """The model a stage starts from: a fresh float net, or its parent's weights
@@ -181,7 +214,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     final = evaluate(model, data.test_images, data.test_labels, device_)
     summary = {"stage": stage, "description": spec.description, "profile": profile.name,
                "arch": profile.arch, "data": data.source, "device": device_name(device_),
-               "act_clip_init": profile.act_clip_init if spec.codebook is not None else None,
+               "act_clip_init": clip_start(stage, profile, out),
                "precision": history[-1].get("precision", "fp32") if history else "fp32",
                "epochs": cfg.epochs, "top1": final["top1"], "test_loss": final["loss"],
                "minutes": (setup_seconds + sum(r["seconds"] for r in history)) / 60,
@@ -218,12 +251,13 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
     order = {name: i for i, name in enumerate(STAGES)}
     summaries.sort(key=lambda s: order.get(s["stage"], len(order)))
     lines = [f"# Results: {out}", "", f"Command: `{command}`", "",
-             "| stage | what | profile | data | device | training precision | epochs | top-1 (%) | W avg | A avg "
-             "| minutes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| stage | what | profile | data | device | training precision | act clips started | epochs | top-1 (%) "
+             "| W avg | A avg | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
         lines.append(f"| {s['stage']} | {s['description']} | {s['profile']} | {s['data']} | {s['device']} | "
-                     f"{s.get('precision', 'fp32')} | {s['epochs']} | {s['top1']:.2f} | {bits} | {s['minutes']:.1f} |")
+                     f"{s.get('precision', 'fp32')} | {s.get('act_clip_init') or '-'} | {s['epochs']} | "
+                     f"{s['top1']:.2f} | {bits} | {s['minutes']:.1f} |")
     chain = [s for s in summaries if s["stage"] in ("float", "w4a4")
              or (s["stage"] == "lba" and s.get("targets") == [2.0, 2.0])]
     if len(chain) == 3:

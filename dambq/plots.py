@@ -518,6 +518,33 @@ def allocation_averages(history: Sequence[Mapping[str, Any]], targets: tuple[flo
     return fig
 
 
+@_styled
+def activation_clips(clips: Mapping[str, Mapping[str, float]], accuracy: Mapping[str, float] | None = None,
+                     title: str | None = None) -> Figure:
+    """Each layer's activation clip under several named settings (say the spec's start,
+    the calibrated start, and where training took them), one row per layer, with each
+    setting's top-1 in the legend when given: shows which layers a fixed start misfits."""
+    layers = list(next(iter(clips.values())))
+    fig, ax = _subplots(figsize=(6.4, 1.3 + 0.24 * len(layers)))
+    y = np.arange(len(layers))
+    markers = ("s", "o", "D", "^", "v")
+    for i, (name, values) in enumerate(clips.items()):
+        label = name if accuracy is None or name not in accuracy else f"{name}: top-1 {accuracy[name]:.2f}%"
+        ax.plot([values[layer] for layer in layers], y, ls="none", marker=markers[i % len(markers)], ms=6,
+                color=_CB[(i * 3 + 7) % len(_CB)] if i else "0.45", label=label, alpha=0.9)
+    for yy, layer in zip(y, layers):  # a faint line per layer shows how far the settings lie apart
+        row = [values[layer] for values in clips.values()]
+        ax.plot([min(row), max(row)], [yy, yy], color="0.8", lw=1, zorder=0)
+    ax.set_yticks(y)
+    ax.set_yticklabels(layers, fontsize=7.5)
+    ax.invert_yaxis()
+    ax.set_xlim(left=0)
+    ax.set_xlabel("activation clip (largest level)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1)
+    ax.set_title(title or "Activation clips per layer")
+    return fig
+
+
 def _bits_snapshots(source, kind: str) -> list[tuple[str, dict[str, list[int]], float | None]]:
     """(label, {layer: bits}, average) snapshots from a history, a model, or one {layer: bits} dict."""
     if isinstance(source, nn.Module):

@@ -141,3 +141,15 @@ def test_accuracy_vs_bits(out_dir):
               {"label": "LBA", "stage": "lba", "weight_bits": 2.0, "act_bits": 2.0, "top1": 75.0}]
     check(plots.accuracy_vs_bits(points, reference=[{"label": "paper", "weight_bits": 2.0, "act_bits": 2.0,
                                                       "top1": 91.69}]), out_dir, "accuracy")
+
+
+def test_activation_clips(out_dir):
+    from dambq.convert import act_clips
+    model = convert(tiny_model(), weight_bits=2, act_bits=2)
+    start = act_clips(model)
+    assert start == {"2": 3.0, "4": 3.0}  # the first conv and the linear stay 8-bit: no learnable clip
+    fig = plots.activation_clips({"spec": start, "calibrated": {"2": 1.2, "4": 2.0}, "trained": {"2": 1.5, "4": 2.2}},
+                                 accuracy={"spec": 50.0, "trained": 70.0})
+    check(fig, out_dir, "activation_clips")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["spec: top-1 50.00%", "calibrated", "trained: top-1 70.00%"]

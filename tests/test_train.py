@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import dambq
+from dambq.convert import act_clips
 from dambq.data import make_synthetic
 from dambq.models import build_model
 from dambq.pipeline import run_stage, write_report
@@ -87,10 +88,13 @@ def test_pipeline_smoke_chain(tmp_path):
     assert summary["weight_avg"] <= 2.0 and summary["act_avg"] <= 2.0
     saved = json.loads((tmp_path / "lba.json").read_text())
     assert saved["profile"] == "smoke" and saved["data"] == "synthetic" and "CPU" in saved["device"]
+    assert saved["act_clip_init"] == "mse"  # inherited from w4a4, which calibrated its clips
+    assert json.loads((tmp_path / "float.json").read_text())["act_clip_init"] is None
     again = run_stage("lba", profile, tmp_path, data=data, device="cpu", progress=False)  # finished: read back
     assert again["top1"] == summary["top1"]
     report = write_report(tmp_path, tmp_path / "report.md", "cmd")
     assert report.count("| smoke | synthetic |") == 3 and "## Allocation per epoch" in report
+    assert report.count("| fp32 | mse |") == 2 and "| - |" in report
     assert "layer3.2.conv2" in report
 
 
@@ -127,3 +131,14 @@ def test_distillation_from_a_teacher_trains_and_pulls_towards_it(tmp_path):
     history = fit(student, data, cfg, device="cpu", progress=False, teacher=teacher, distill_weight=0.5)
     assert history[0]["precision"] == "fp32" and history[0]["train_loss"] > 0
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_spec_clip_start_is_used_and_recorded(tmp_path):
+    profile = get_profile("smoke", train_limit=128, test_limit=64, act_clip_init=3.0,
+                          w4a4=StageConfig(epochs=1, lr=0.0, batch_size=64))
+    data = small_data()
+    run_stage("float", profile, tmp_path, data=data, device="cpu", progress=False)
+    summary = run_stage("w4a4", profile, tmp_path, data=data, device="cpu", progress=False)
+    assert summary["act_clip_init"] == 3.0
+    # learning rate 0 (and no warm-up): the clips are still where they started
+    assert set(act_clips(summary["model"]).values()) == {3.0}
