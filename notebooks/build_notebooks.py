@@ -276,12 +276,14 @@ Every stage writes `runs/<profile>/<stage>.pt/.csv/.json`; notebook 03 starts fr
 {FIGURE_RULE}"""),
         ("params", PARAMETERS_COMMON + '''
 float_checkpoint = None  # a dambq float checkpoint (.pt written by run_stage/fit) to use instead of training
+act_clip_init = "mse"    # W4A4 activation clips start at: "mse" (each layer calibrated) or a number (spec: 3.0)
 with_laplace = False     # also fine-tune with V2's fixed Laplace table (stage w4a4_laplace, the w4a4 schedule again)
 with_distill = False     # also W4A4 with distillation from the float model (stage w4a4_kd; an extension)'''),
         ("code", SETUP),
         ("md", "## Stages\n\nEach `run_stage` call trains the stage, resumes it if it was killed, or reads a "
                "finished one back at once."),
         ("code", '''\
+prof = get_profile(profile, act_clip_init=act_clip_init)
 data = load_data(prof, data_root)
 if float_checkpoint:
     print(f"using {wb.adopt_checkpoint(float_checkpoint, runs_dir)} (from {float_checkpoint})")
@@ -301,6 +303,27 @@ keep(fig, "02_float_training")'''),
 quantized = {stage: runs_dir / f"{stage}.csv" for stage in stages if stage != "float"}
 fig = plots.training_curves(quantized, title=f"W4A4 fine-tuning from the float model: DMBQ vs baselines ({where})")
 keep(fig, "02_w4a4_training")'''),
+        ("md", """\
+## Where the activation clips start
+
+Each 4-bit activation quantizer has one learnable clip (its largest level). The spec starts every clip at 3.0;
+by default `dambq` starts each at the MSE-optimal clip of that layer's own input on 1000 training images
+(`act_clip_init="mse"`, `dambq.calibrate_act_clips`). Below: the float model converted to W4A4 *before any
+quantized training* with each start, and where W4A4 training took the clips (`benchmarks/clip_init.py` does
+the same at 2, 3 and 4 bits)."""),
+        ("code", '''\
+from dambq.convert import act_clips
+from dambq.pipeline import compare_clip_starts
+from dambq.train import resolve_device
+
+starts = compare_clip_starts(runs["float"]["model"], data, resolve_device(device), bits=4)
+trained = f"after W4A4 training (started: {prof.act_clip_init})"
+clips = {f"start {r['start']}": r["clips"] for r in starts} | {trained: act_clips(runs["w4a4"]["model"])}
+accuracy = {f"start {r['start']}": r["top1"] for r in starts} | {trained: runs["w4a4"]["top1"]}
+fig = plots.activation_clips(clips, accuracy, title=f"W4A4 activation clips per layer ({where})")
+keep(fig, "02_activation_clips")
+display(Markdown("\\n".join(f"- converted, clips at **{r['start']}**, no training: top-1 **{r['top1']:.2f}%**"
+                            for r in starts)))'''),
         ("md", "## Results\n\nTop-1 on the test set after the last epoch; `weight_avg`/`act_avg` are size-weighted "
                "averages over the quantized layers (first and last layer excluded, as in the paper)."),
         ("code", '''\
