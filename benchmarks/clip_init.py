@@ -22,7 +22,7 @@ import torch
 from dambq.convert import act_clips, convert
 from dambq.data import load_cifar10
 from dambq.models import build_model
-from dambq.pipeline import compare_clip_starts, device_name
+from dambq.pipeline import clip_start_label, compare_clip_starts, device_name
 from dambq.quantizers import UniformAct
 from dambq.train import evaluate, load_checkpoint
 
@@ -77,8 +77,7 @@ def trained_row(path: str, data, device: torch.device) -> dict:
     model = convert(build_model(state.get("meta", {}).get("arch", "resnet20")), inplace=True)
     model.load_state_dict(state["model"])
     summary = Path(path).with_suffix(".json")
-    started = json.loads(summary.read_text()).get("act_clip_init", 3.0) if summary.exists() else "?"
-    started = "MSE-calibrated" if started == "mse" else f"{started}"
+    started = clip_start_label(json.loads(summary.read_text()).get("act_clip_init", 3.0)) if summary.exists() else "?"
     result = evaluate(model.to(device), data.test_images, data.test_labels, device)
     bits = max(int(m.bits.max()) for m in model.modules() if isinstance(m, UniformAct))
     return {"bits": f"{bits} (trained)",

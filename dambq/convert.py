@@ -110,7 +110,6 @@ def average_bits(model: nn.Module) -> tuple[float, float]:
     return w_bits / w_size, a_bits / a_size
 
 
-
 def act_clips(model: nn.Module) -> dict[str, float]:
     """{layer name: learnable activation clip} of every uniform activation quantizer."""
     return {name.removesuffix(".act_quant"): float(module.act_clip.detach())

@@ -133,10 +133,16 @@ def compare_clip_starts(float_model: nn.Module, data: Cifar10, device: torch.dev
         init_act_clips(model, how, data, device, seed)
         seconds = time.perf_counter() - started
         result = evaluate(model, data.test_images, data.test_labels, device)
-        label = "MSE-calibrated" if how == "mse" else f"{float(how)}" + (" (spec)" if float(how) == 3.0 else "")
-        rows.append({"bits": bits, "start": label, "top1": result["top1"], "loss": result["loss"],
+        rows.append({"bits": bits, "start": clip_start_label(how), "top1": result["top1"], "loss": result["loss"],
                      "seconds": seconds, "clips": act_clips(model)})
     return rows
+
+
+def clip_start_label(how: str | float) -> str:
+    """How an act_clip_init value reads in tables: "MSE-calibrated", "3.0 (spec)", "2.5"."""
+    if how == "mse":
+        return "MSE-calibrated"
+    return f"{float(how)}" + (" (spec)" if float(how) == 3.0 else "")
 
 
 def clip_start(stage: str, profile: Profile, out: Path) -> str | float | None:
@@ -153,10 +159,11 @@ def clip_start(stage: str, profile: Profile, out: Path) -> str | float | None:
 
 
 def build_stage_model(stage: str, profile: Profile, out: Path, device: torch.device,
-                      data: Cifar10 | None = None, seed: int = 0) -> nn.Module:
+                      data: Cifar10 | None = None, seed: int = 0, init_clips: bool = True) -> nn.Module:
     """The model a stage starts from: a fresh float net, or its parent's weights
     (converted to the stage's code-book and bits when the parent differs; a model
-    converted from float gets its activation clips from `profile.act_clip_init`)."""
+    converted from float gets its activation clips from `profile.act_clip_init` unless
+    `init_clips` is False: a stage that resumes from its own checkpoint restores them)."""
     spec = STAGES[stage]
     model = build_model(profile.arch)
     if spec.parent is None:
@@ -167,7 +174,8 @@ def build_stage_model(stage: str, profile: Profile, out: Path, device: torch.dev
         model.load_state_dict(parent_state["model"])
         model = convert(model, weight_bits=spec.weight_bits, act_bits=spec.act_bits,
                         codebook=spec.codebook, inplace=True)
-        init_act_clips(model, profile.act_clip_init, data, device, seed)
+        if init_clips:
+            init_act_clips(model, profile.act_clip_init, data, device, seed)
         return model
     model = convert(model, codebook=parent.codebook, inplace=True)
     model.load_state_dict(parent_state["model"])
@@ -195,11 +203,16 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     cfg = getattr(profile, spec.schedule)
     data = data if data is not None else load_data(profile, data_root)
     name = stage_file(stage, weight_target, act_target)
+    checkpoint = out / f"{name}.pt"
+    resuming = checkpoint.exists()
     started = time.perf_counter()
-    model = build_stage_model(stage, profile, out, device_, data=data, seed=seed)
+    # a resumed or finished stage gets its clips from its checkpoint: no calibration to redo
+    model = build_stage_model(stage, profile, out, device_, data=data, seed=seed, init_clips=not resuming)
     # conversion and clip calibration count in the stage's minutes, measured once: a resumed or
-    # read-back stage keeps the setup time of its first call
-    setup_seconds = _recorded_setup_seconds(out, name, default=time.perf_counter() - started)
+    # read-back stage keeps the setup time its first call recorded in the checkpoint
+    setup_seconds = time.perf_counter() - started
+    if resuming:
+        setup_seconds = _recorded_setup_seconds(checkpoint, default=setup_seconds)
     model.to(device_)
     allocator = None
     if spec.allocate:
@@ -209,9 +222,10 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     if spec.teacher is not None:
         teacher = build_model(profile.arch)
         teacher.load_state_dict(load_checkpoint(out / f"{spec.teacher}.pt", map_location="cpu")["model"])
-    history = fit(model, data, cfg, device=device_, allocator=allocator, checkpoint=out / f"{name}.pt",
+    history = fit(model, data, cfg, device=device_, allocator=allocator, checkpoint=checkpoint,
                   metrics_csv=out / f"{name}.csv", seed=seed, stage=stage, progress=progress,
-                  meta={"stage": stage, "profile": profile.name, "arch": profile.arch},
+                  meta={"stage": stage, "profile": profile.name, "arch": profile.arch,
+                        "setup_seconds": setup_seconds},
                   on_epoch_end=on_epoch_end, teacher=teacher)
     final = evaluate(model, data.test_images, data.test_labels, device_)
     summary = {"stage": stage, "description": spec.description, "profile": profile.name,
@@ -234,12 +248,14 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     return summary
 
 
-def _recorded_setup_seconds(out: Path, name: str, default: float) -> float:
-    """The setup seconds in the stage's summary, if its checkpoint is there too (else `default`)."""
-    summary, checkpoint = out / f"{name}.json", out / f"{name}.pt"
-    if summary.exists() and checkpoint.exists():
-        return json.loads(summary.read_text()).get("setup_seconds", default)
-    return default
+def _recorded_setup_seconds(checkpoint: Path, default: float) -> float:
+    """The setup seconds the stage's first call recorded: in its checkpoint's meta, or for a
+    checkpoint written before the meta held them, in the stage summary beside it; else `default`."""
+    recorded = load_checkpoint(checkpoint).get("meta", {}).get("setup_seconds")
+    summary = checkpoint.with_suffix(".json")
+    if recorded is None and summary.exists():
+        recorded = json.loads(summary.read_text()).get("setup_seconds")
+    return default if recorded is None else recorded
 
 
 def _short(value: str) -> str:

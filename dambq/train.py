@@ -188,7 +188,9 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
     same augmented batch the student also matches: loss = (1 - w) * CE + w * KL,
     w = `distill_weight`. An extension, not in the paper, tried on the idea that a
     quantized net fine-tuned for a few epochs loses less when it copies its float
-    parent; in the quick profile it lowered W4A4 top-1 (results/quick-cpu.md).
+    parent; in the quick profile it gained 0.22 over plain W4A4 with calibrated clips
+    (results/quick-cpu.md) and lost 0.47 with clips at 3.0 (results/quick-cpu-clip3.md):
+    one run each, so it stays off by default.
     meta: saved in the checkpoint (e.g. architecture and conversion arguments).
     Returns one metrics dict per epoch (loss, top-1, average bits, seconds)."""
     device = resolve_device(device)

@@ -142,3 +142,20 @@ def test_spec_clip_start_is_used_and_recorded(tmp_path):
     assert summary["act_clip_init"] == 3.0
     # learning rate 0 (and no warm-up): the clips are still where they started
     assert set(act_clips(summary["model"]).values()) == {3.0}
+
+
+def test_read_back_does_not_recalibrate_and_keeps_the_setup_time(tmp_path, monkeypatch):
+    from dambq import pipeline
+    profile = get_profile("smoke", train_limit=128, test_limit=64)
+    data = small_data()
+    run_stage("float", profile, tmp_path, data=data, device="cpu", progress=False)
+    first = run_stage("w4a4", profile, tmp_path, data=data, device="cpu", progress=False)
+    assert first["setup_seconds"] > 0
+    assert load_checkpoint(tmp_path / "w4a4.pt")["meta"]["setup_seconds"] == first["setup_seconds"]
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("a finished stage must not calibrate again")
+    monkeypatch.setattr(pipeline, "init_act_clips", no_calibration)
+    again = run_stage("w4a4", profile, tmp_path, data=data, device="cpu", progress=False)
+    assert again["top1"] == first["top1"] and again["setup_seconds"] == first["setup_seconds"]
+    assert act_clips(again["model"]) == act_clips(first["model"])
