@@ -1,66 +1,63 @@
-"""Training step and eval forward: channel-wise W4A4 ResNet20 (with LBA tracking) vs float.
+"""Training step as `fit` takes it: channel-wise W4A4 ResNet20 with LBA tracking vs float.
 
-    python benchmarks/step_speed.py [--batch 128 --steps 25 --device cpu]
+    python benchmarks/step_speed.py [--batch 128 --steps 25 --device cpu]   # fit's defaults here
+    python benchmarks/step_speed.py --all                                    # every precision x compile
 
-All models run in the same process, alternating, so machine noise hits both;
-prints the median step times and their ratio and writes results/step-speed.md.
+Each step is `dambq.train.train_step`, the function `fit` calls, with the precision, layout
+and compilation `dambq.train.engine_settings` picks for this device (or, with --all, every
+combination of bf16 autocast and torch.compile, which is the table those defaults are chosen
+from). Each precision x compilation is one phase in which float and quantized alternate step by
+step, so machine noise hits both alike (a 10x slower bf16-emulating phase cannot disturb
+another); the first steps (compilation) are timed apart. Prints the medians and the
+quantized / float ratio and writes results/step-speed.md, naming the CPU or GPU.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import dambq
 from dambq.models import build_model
-from dambq.convert import is_quantized
 from dambq.pipeline import device_name
-from dambq.train import fast_bfloat16
+from dambq.train import engine_settings, train_step
+
+WARMUP = 3  # untimed steps per configuration; the first one includes compilation
 
 
-def step_timer(model, batch: int, device: torch.device, amp: bool = False,
-               memory_format=torch.channels_last):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+def make_step(quantized: bool, amp: bool, compile: bool, batch: int, device: torch.device,
+              memory_format=torch.channels_last):
+    """A closure that takes one timed training step of a fresh ResNet20 (W4A4 + tracking
+    when `quantized`) on a fixed random batch, as `fit` would with these settings."""
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    if quantized:
+        model = dambq.convert(model)
+    model.to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    allocator = dambq.BitAllocator(model, 2.0, 2.0) if quantized else None
+    step_fn = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,), device=device)
-    allocator = dambq.BitAllocator(model, 2.0, 2.0) if is_quantized(model) else None
 
     def step() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if allocator is not None:
-            allocator.accumulate()
-        opt.step()
+        train_step(step_fn, x, y, optimizer, allocator, amp)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - started
     return step
 
 
-def eval_timer(model, batch: int, device: torch.device, memory_format=torch.channels_last):
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
-
-    @torch.no_grad()
-    def step() -> float:
-        model.eval()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        model.train()
-        return time.perf_counter() - started
-    return step
+def label(quantized: bool, amp: bool, compile: bool) -> str:
+    return (f"{'W4A4 + tracking' if quantized else 'float'}, {'bf16 autocast' if amp else 'fp32'}, "
+            f"{'compiled' if compile else 'eager'}")
 
 
 def main() -> None:
@@ -69,46 +66,57 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layout", choices=["channels_last", "contiguous"], default="channels_last",
-                        help="memory format of models and inputs (dambq.train.fit uses channels_last)")
+                        help="memory format of models and inputs (fit uses channels_last)")
+    parser.add_argument("--all", action="store_true",
+                        help="every combination of bf16 autocast and compile, not only fit's defaults")
     parser.add_argument("--out", default="results/step-speed.md")
     args = parser.parse_args()
     device = torch.device(args.device)
     layout = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
-    torch.manual_seed(0)
-    float_model = build_model("resnet20").to(device)
-    quant_model = dambq.convert(float_model).to(device, memory_format=layout)
-    float_model.to(memory_format=layout)
-    steps = {"float": step_timer(float_model, args.batch, device, memory_format=layout),
-             "W4A4 + tracking": step_timer(quant_model, args.batch, device, memory_format=layout),
-             "float eval": eval_timer(float_model, args.batch, device, memory_format=layout),
-             "W4A4 eval": eval_timer(quant_model, args.batch, device, memory_format=layout)}
-    if fast_bfloat16(device):  # what dambq.train.fit uses for float models on this device
-        bf16_model = build_model("resnet20").to(device, memory_format=layout)
-        steps["float, bf16 autocast"] = step_timer(bf16_model, args.batch, device, amp=True, memory_format=layout)
-    times = {name: [] for name in steps}
-    for i in range(args.steps + 3):  # alternate so that both see the same machine state
-        for name, step in steps.items():
-            seconds = step()
-            if i >= 3:
-                times[name].append(seconds)
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    ratio = medians["W4A4 + tracking"] / medians["float"]
-    eval_ratio = medians["W4A4 eval"] / medians["float eval"]
-    bf16_line = (f"Against the bf16-autocast float step that `fit` uses on this device, the fp32 quantized step is "
-                 f"{medians['W4A4 + tracking'] / medians['float, bf16 autocast']:.2f}x (quantized layers stay fp32 "
-                 "so their levels are exact)." if "float, bf16 autocast" in medians else "")
-    text = "\n".join([
-        "# Training step: channel-wise W4A4 ResNet20 with sensitivity tracking vs float", "",
-        f"Command: `python benchmarks/step_speed.py --batch {args.batch} --steps {args.steps} --device {args.device} "
-        f"--layout {args.layout} --out {args.out}`", "",
-        f"Device: {device_name(device)}; batch {args.batch}; layout {args.layout}; median of {args.steps} steps each, alternating.", "",
-        "| model, pass | ms / batch | images / s |", "|---|---|---|",
-        *[f"| {name} | {1000 * m:.1f} | {args.batch / m:.0f} |" for name, m in medians.items()], "",
-        f"Training step, quantized / float: **{ratio:.2f}x** (V2 measured 1.72x on 2 CPU cores; target <= 1.5x).",
-        f"Evaluation forward, quantized / float: {eval_ratio:.2f}x.", bf16_line,
-    ])
+    defaults = engine_settings(device)
+    fit_combo = (defaults["amp"], defaults["compile"])
+    combos = [(a, c) for a in (False, True) for c in (False, True)] if args.all else [fit_combo]
+    medians, first = {}, {}
+    for amp, compile in combos:  # one phase per combination: float and quantized alternate step by step
+        steps = {}
+        for quantized in (False, True):
+            key = (quantized, amp, compile)
+            steps[key] = make_step(quantized, amp, compile, args.batch, device, layout)
+            first[key] = steps[key]()
+            print(f"{label(*key)}: first step {first[key]:.1f} s", flush=True)
+        times = {key: [] for key in steps}
+        for i in range(args.steps + WARMUP - 1):
+            for key, step in steps.items():
+                seconds = step()
+                if i >= WARMUP - 1:
+                    times[key].append(seconds)
+        medians.update({key: statistics.median(t) for key, t in times.items()})
+        del steps  # free this phase's models before the next
+    ratio = medians[(True, *fit_combo)] / medians[(False, *fit_combo)]
+    command = " ".join(["python benchmarks/step_speed.py", *sys.argv[1:]])
+    order = sorted(medians, key=lambda k: (k[0], k[1], k[2]))
+    rows = [f"| {label(*key)}{' (fit default)' if key[1:] == fit_combo else ''} | {1000 * m:.1f} | "
+            f"{args.batch / m:.0f} | {first[key]:.1f} |" for key, m in ((k, medians[k]) for k in order)]
+    lines = ["# Training step: channel-wise W4A4 ResNet20 with sensitivity tracking vs float", "",
+             f"Command: `{command}`", "",
+             f"Device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; layout {args.layout}; "
+             f"median of {args.steps} steps each, float and quantized alternating; `dambq.train.train_step`, as `fit` runs it.", "",
+             f"`fit`'s defaults on this device (`dambq.train.engine_settings`): "
+             f"{'bf16 autocast' if fit_combo[0] else 'fp32'}, {'compiled' if fit_combo[1] else 'eager'}.", "",
+             "| model, precision, compilation | ms / step | images / s | first step s |", "|---|---|---|---|",
+             *rows, "",
+             f"Training step with `fit`'s defaults, quantized / float: **{ratio:.2f}x** (target <= 1.2x, goal 1.1x)."]
+    if args.all:
+        lines.append("Quantized / float within each phase: " + "; ".join(
+            f"{'bf16' if a else 'fp32'} {'compiled' if c else 'eager'} {medians[(True, a, c)] / medians[(False, a, c)]:.2f}x"
+            for a, c in combos) + ".")
+        fastest = {q: min((k for k in medians if k[0] == q), key=medians.get) for q in (False, True)}
+        lines.append("Fastest here: " + "; ".join(f"{label(*fastest[q])} ({1000 * medians[fastest[q]]:.0f} ms)"
+                                                  for q in (False, True))
+                     + f". Fastest quantized / fastest float: {medians[fastest[True]] / medians[fastest[False]]:.2f}x.")
+    text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    Path(args.out).write_text(text)
     print(text)
 
 

@@ -113,11 +113,14 @@ class BitAllocator:
     # ------------------------------------------------------------------ every step
     @torch.no_grad()
     def accumulate(self) -> None:
-        """Add |this step's sensitivity| to the epoch sums; on the device, no host sync."""
-        for kind in self.kinds:
-            for q, total in zip(kind.quantizers, kind.sums):
-                total.add_(q.step_sensitivity.abs())
-                q.step_sensitivity.zero_()
+        """Add |this step's sensitivity| to the epoch sums; on the device, no host sync.
+
+        Why foreach: three fused launches instead of two small kernels per quantizer (76 for
+        ResNet20), which on a GPU cost more in launch overhead than the arithmetic."""
+        steps = [q.step_sensitivity for kind in self.kinds for q in kind.quantizers]
+        totals = [total for kind in self.kinds for total in kind.sums]
+        torch._foreach_add_(totals, torch._foreach_abs(steps))
+        torch._foreach_zero_(steps)
 
     # ------------------------------------------------------------------ every epoch
     @torch.no_grad()

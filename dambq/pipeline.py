@@ -79,7 +79,25 @@ def device_name(device: torch.device) -> str:
     """Human-readable device for result tables."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the vector units that decide precision here, e.g.
+    "AMD EPYC, AVX2" or "Intel Xeon ..., AMX": results on CPUs differ by these."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpu = getattr(torch, "cpu", None)
+    units = [unit for unit, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+             if getattr(cpu, check, None) is not None and getattr(cpu, check)()]
+    capability = torch.backends.cpu.get_cpu_capability()
+    return ", ".join([name, *units] or [name]) + ("" if units else f", {capability}")
 
 
 def load_data(profile: Profile, root: str | Path | None = None) -> Cifar10:
@@ -170,6 +188,11 @@ def build_stage_model(stage: str, profile: Profile, out: Path, device: torch.dev
         return model
     parent = STAGES[spec.parent]
     parent_state = load_checkpoint(out / f"{spec.parent}.pt", map_location="cpu")
+    parent_epochs = getattr(profile, parent.schedule).epochs
+    if parent_state["epoch"] + 1 < parent_epochs:
+        raise ValueError(f"stage {stage!r} starts from {spec.parent!r}, which stopped after epoch "
+                         f"{parent_state['epoch'] + 1} of {parent_epochs} (a time budget ran out?); "
+                         f"run {spec.parent!r} to its end first - it resumes from {out / spec.parent}.pt")
     if parent.codebook is None:
         model.load_state_dict(parent_state["model"])
         model = convert(model, weight_bits=spec.weight_bits, act_bits=spec.act_bits,
@@ -190,11 +213,15 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
               data: Cifar10 | None = None, data_root: str | Path | None = None,
               device: str = "auto", weight_target: float = 2.0, act_target: float = 2.0,
               seed: int = 0, progress: bool = True, allocator_args: dict | None = None,
-              on_epoch_end=None) -> dict:
+              on_epoch_end=None, amp: bool | None = None, compile: bool | None = None,
+              compile_mode: str | None = None, deadline: float | None = None) -> dict:
     """Run (or resume, or just read back) one stage; returns its summary.
 
     The summary names profile, data and device next to every number, and is
-    also written to `<out>/<stage_file>.json`."""
+    also written to `<out>/<stage_file>.json`. amp / compile / compile_mode: the
+    engine's (None: the device's default, `dambq.train.engine_settings`). deadline: a
+    `time.time()` value after which no epoch starts; the summary then says
+    `finished: false` and how many epochs were done, and a later call resumes."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
     profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -206,6 +233,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     checkpoint = out / f"{name}.pt"
     resuming = checkpoint.exists()
     started = time.perf_counter()
+    torch.manual_seed(seed)  # a fresh float model's initial weights depend on the seed, not the process
     # a resumed or finished stage gets its clips from its checkpoint: no calibration to redo
     model = build_stage_model(stage, profile, out, device_, data=data, seed=seed, init_clips=not resuming)
     # conversion and clip calibration count in the stage's minutes, measured once: a resumed or
@@ -226,13 +254,16 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
                   metrics_csv=out / f"{name}.csv", seed=seed, stage=stage, progress=progress,
                   meta={"stage": stage, "profile": profile.name, "arch": profile.arch,
                         "setup_seconds": setup_seconds},
-                  on_epoch_end=on_epoch_end, teacher=teacher)
+                  on_epoch_end=on_epoch_end, teacher=teacher, amp=amp, compile=compile,
+                  compile_mode=compile_mode, deadline=deadline)
     final = evaluate(model, data.test_images, data.test_labels, device_)
     summary = {"stage": stage, "description": spec.description, "profile": profile.name,
                "arch": profile.arch, "data": data.source, "device": device_name(device_),
                "act_clip_init": clip_start(stage, profile, out),
                "precision": history[-1].get("precision", "fp32") if history else "fp32",
-               "epochs": cfg.epochs, "top1": final["top1"], "test_loss": final["loss"],
+               "compiled": history[-1].get("compiled", False) if history else False,
+               "epochs": cfg.epochs, "epochs_done": len(history), "finished": len(history) >= cfg.epochs,
+               "top1": final["top1"], "test_loss": final["loss"],
                "minutes": (setup_seconds + sum(r["seconds"] for r in history)) / 60,
                "setup_seconds": setup_seconds,
                "wall_minutes_this_call": (time.perf_counter() - started) / 60}
@@ -324,6 +355,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--act-clip-init", default=None,
                         help="'mse' (calibrate, the default) or a number such as the spec's 3.0")
+    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                        help="bf16 autocast (auto: where the device has fast bf16)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="torch.compile inside fit (auto: CUDA, and CPUs with fast bf16)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="minutes; no epoch starts that would end later (rerun to resume)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
     parser.add_argument("--report", default=None, help="write a markdown table of every finished stage here")
     args = parser.parse_args(argv)
     overrides = {}
@@ -335,12 +374,20 @@ def main(argv: list[str] | None = None) -> None:
         command = f"python -m dambq.pipeline --profile {profile.name} --out {out} --report {args.report}"
         print(write_report(out, args.report, command))
         return
+    deadline = time.time() + 60 * args.time_budget if args.time_budget is not None else None
+    switch = {"auto": None, "on": True, "off": False}
     data = load_data(profile, args.data)
     for stage in filter(None, args.stages.split(",")):
         summary = run_stage(stage, profile, out, data=data, device=args.device, seed=args.seed,
-                            weight_target=args.weight_target, act_target=args.act_target)
+                            weight_target=args.weight_target, act_target=args.act_target,
+                            amp=switch[args.amp], compile=switch[args.compile], compile_mode=args.compile_mode,
+                            deadline=deadline, progress=not args.no_progress)
         summary.pop("model")
-        print(json.dumps({k: v for k, v in summary.items() if k != "allocation"}))
+        print(json.dumps({k: v for k, v in summary.items() if k != "allocation"}), flush=True)
+        if not summary["finished"]:
+            print(f"time budget spent: {stage} stopped after {summary['epochs_done']} of {summary['epochs']} "
+                  f"epochs; rerun the same command to resume", flush=True)
+            break
 
 
 if __name__ == "__main__":

@@ -188,21 +188,24 @@ class _UniformActQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, clip, n, sensitivity, track_next):
-        n = n.to(x.dtype)
-        inv_step = n / clip.to(x.dtype)
-        y = x * inv_step
-        y.clamp_(min=0)
-        torch.minimum(y, n, out=y)
-        y.round_().mul_(clip.to(x.dtype) / n.clamp_min(1))  # the step; no 1/0 in float16
+        y = _uniform_levels(x.float(), clip, n)
+        if x.dtype != torch.float32:  # autocast: levels and rounding in fp32, handed on in x's dtype
+            y = y.to(x.dtype)
         # y is saved too: the next layer keeps it for its own backward, so it is free
         ctx.save_for_backward(x, y, clip, n)
-        ctx.sensitivity, ctx.track_next = sensitivity, track_next
+        ctx.sensitivity, ctx.track_next, ctx.in_dtype = sensitivity, track_next, x.dtype
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, y, clip, n = ctx.saved_tensors
+        if x.dtype != torch.float32:
+            # reduced precision (bf16 autocast): recompute the exact fp32 levels rather than
+            # use the rounded ones, so that the clip gradient and the LBA sums stay fp32-exact
+            x, grad_y = x.float(), grad_y.float()
+            y = _uniform_levels(x, clip, n)
         clip_ = clip.to(x.dtype)
+        n = n.to(x.dtype)
         reduce_dims = [d for d, s in enumerate(n.shape) if s == 1]
 
         def per_channel(t: Tensor) -> Tensor:
@@ -225,7 +228,16 @@ class _UniformActQuant(torch.autograd.Function):
                 else:  # sum g * (x - y)
                     delta = per_channel(torch.mul(grad_y, x, out=buffer)) - grad_y_dot_y
                 ctx.sensitivity.add_(delta.reshape(-1))
-        return grad_x, grad_clip.reshape(clip.shape), None, None, None
+        return grad_x.to(ctx.in_dtype), grad_clip.reshape(clip.shape), None, None, None
+
+
+def _uniform_levels(x: Tensor, clip: Tensor, n: Tensor) -> Tensor:
+    """round(clamp(x / step, 0, n)) * step for float32 `x`, step = clip / n, in place on one buffer."""
+    n = n.to(x.dtype)
+    y = x * (n / clip.to(x.dtype))
+    y.clamp_(min=0)
+    torch.minimum(y, n, out=y)
+    return y.round_().mul_(clip.to(x.dtype) / n.clamp_min(1))  # the step; no 1/0 when n = 0
 
 
 class UniformAct(nn.Module):
@@ -292,12 +304,12 @@ class Int8Act(nn.Module):
                 self.low.lerp_(low, weight)
                 self.high.lerp_(high, weight)
                 self.tracked.fill_(True)
-        low, high = self.low.to(x.dtype), self.high.to(x.dtype)
-        step = (high - low).clamp_min(1e-8) / 255
-        q = ((x.clamp(low, high) - low) / step).round() * step + low
-        inside = (x >= low) & (x <= high)
-        y = torch.where(inside, x + (q - x).detach(), q.detach())
-        return torch.where(self.tracked, y, x)  # no host sync to ask whether tracked
+        xf = x.float()  # 255 levels need more than bf16's 8-bit mantissa: round in fp32
+        step = (self.high - self.low).clamp_min(1e-8) / 255
+        q = ((xf.clamp(self.low, self.high) - self.low) / step).round() * step + self.low
+        inside = (xf >= self.low) & (xf <= self.high)
+        y = torch.where(inside, xf + (q - xf).detach(), q.detach())
+        return torch.where(self.tracked, y, xf).to(x.dtype)  # no host sync to ask whether tracked
 
     def extra_repr(self) -> str:
         return f"bits=8, range=[{float(self.low):.3f}, {float(self.high):.3f}]"

@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,10 +47,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether bfloat16 autocast is a speed-up here: CUDA, or a CPU with AMX or AVX512-BF16.
 
-    Why check the CPU: on the 2-core Xeon (AMX) used for the quick profile a float
-    ResNet20 training step runs about 1.7x faster in bf16 autocast (results/step-speed.md,
-    `python benchmarks/step_speed.py`); on a CPU without bf16 units it would be emulated
-    and slower."""
+    Why check the CPU: with bf16 units a ResNet20 training step runs faster in bf16 autocast,
+    float and W4A4 alike; on a CPU without them (AVX2 only) bf16 is emulated and a step is
+    about ten times slower (results/step-speed.md, `python benchmarks/step_speed.py --all`,
+    names the CPU each number comes from)."""
     if device.type == "cuda":
         return True
     if device.type != "cpu":
@@ -59,16 +60,40 @@ def fast_bfloat16(device: torch.device) -> bool:
     return any(check is not None and check() for check in checks)
 
 
-def default_amp(model: nn.Module, device: torch.device) -> bool:
-    """bf16 autocast for `model` on `device`: float models where `fast_bfloat16`; quantized
-    models never, so that their levels stay exact."""
-    return fast_bfloat16(device) and not is_quantized(model)
+def default_amp(device: torch.device) -> bool:
+    """bf16 autocast by default wherever `fast_bfloat16` says it pays, for float and quantized
+    models alike: the quantizers compute levels and rounding in fp32 inside their autograd
+    functions and hand the result on in bf16, which the convolution would cast to anyway."""
+    return fast_bfloat16(device)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch (CPU and CUDA) and return a generator for data order/augmentation."""
+def default_compile(device: torch.device) -> bool:
+    """torch.compile by default on CUDA, and on CPUs where bf16 is fast.
+
+    Why not on every CPU: on an AVX2-only CPU (AMD EPYC, 2 cores) the compiled fp32 W4A4
+    step measured no faster than eager while compiling costs tens of seconds per stage; on
+    a CPU with bf16 units (and on GPUs) the fused quantizer kernels pay. The table that
+    decides is results/step-speed.md (`python benchmarks/step_speed.py --all`)."""
+    return device.type == "cuda" or (device.type == "cpu" and fast_bfloat16(device))
+
+
+def engine_settings(device: torch.device, amp: bool | None = None, compile: bool | None = None,
+                    channels_last: bool | None = None) -> dict:
+    """The device and precision policy in one place: each None becomes this device's default.
+
+    channels_last is on by default: on 2 CPU cores it speeds up the float and the W4A4
+    step (results/step-speed.md vs results/step-speed-contiguous.md), and it is the layout
+    tensor cores want."""
+    return {"amp": default_amp(device) if amp is None else amp,
+            "compile": default_compile(device) if compile is None else compile,
+            "channels_last": True if channels_last is None else channels_last}
+
+
+def seed_everything(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Seed torch (CPU and CUDA) and return a generator on `device` for data order and
+    augmentation (on the device, so no random numbers cross from the host every batch)."""
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def make_optimizer(model: nn.Module, cfg: StageConfig) -> torch.optim.SGD:
@@ -101,11 +126,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: StageConfig, steps: in
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-             batch_size: int = 250, memory_format=torch.contiguous_format) -> dict[str, float]:
-    """Mean cross-entropy and top-1 (%) in eval mode, always in float32.
+             batch_size: int | None = None, memory_format=torch.contiguous_format) -> dict[str, float]:
+    """Mean cross-entropy and top-1 (%) in eval mode, always in float32, eager.
 
-    Batch size does not change the result; 250 because of 250, 500 and 1000 it was the
-    fastest on 2 CPU cores (ResNet20, channels_last; a one-off measurement, not a benchmark)."""
+    Batch size does not change the result. Default: 250 on a CPU (of 250, 500 and 1000 the
+    fastest on 2 cores; a one-off measurement), 2000 on a GPU, where an epoch of the paper
+    profile is well under a second and 40 small evaluation batches would cost a third of it."""
+    if batch_size is None:
+        batch_size = 2000 if device.type == "cuda" else 250
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -126,6 +154,31 @@ def distill_loss(logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, amp:
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         target = F.log_softmax(teacher(x).float(), dim=1)
     return F.kl_div(F.log_softmax(logits.float(), dim=1), target, log_target=True, reduction="batchmean")
+
+
+def train_step(step_fn, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, allocator=None,
+               amp: bool = False, teacher: nn.Module | None = None,
+               distill_weight: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step as `fit` takes it (benchmarks/step_speed.py times this same function).
+
+    Args:
+        step_fn: the model, or its torch.compile'd wrapper.
+        allocator: a BitAllocator whose sums this step's sensitivities are added to.
+        amp: bf16 autocast around the forward pass and the loss.
+
+    Returns:
+        (loss, logits), still on the device: reading them is the caller's choice of sync."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = step_fn(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if teacher is not None:
+            loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits, teacher, x, amp)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if allocator is not None:
+        allocator.accumulate()
+    optimizer.step()
+    return loss, logits
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -164,7 +217,12 @@ def _restore(state: dict, model, optimizer, scheduler, allocator, generator) -> 
     scheduler.load_state_dict(state["scheduler"])
     if allocator is not None and state.get("allocator") is not None:
         allocator.load_state_dict(state["allocator"])
-    generator.set_state(state["rng"]["data"].cpu())
+    try:
+        generator.set_state(state["rng"]["data"].cpu())
+    except RuntimeError:  # saved on another kind of device (a CPU state is not a CUDA one)
+        warnings.warn("the checkpoint's data-order generator was saved on another device type; "
+                      "reseeding it from the epoch, so the batch order differs from an uninterrupted run")
+        generator.manual_seed(int(state["epoch"]) + 1 + int(generator.initial_seed()))
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
@@ -174,32 +232,37 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         allocator=None, checkpoint: str | Path | None = None, resume: bool = True,
         metrics_csv: str | Path | None = None, seed: int = 0, stage: str = "train",
         meta: dict | None = None, amp: bool | None = None, channels_last: bool | None = None,
-        compile: bool = False, progress: bool = True, on_epoch_end=None,
+        compile: bool | None = None, compile_mode: str | None = None, deadline: float | None = None,
+        progress: bool = True, on_epoch_end=None,
         teacher: nn.Module | None = None, distill_weight: float = 0.5) -> list[dict]:
     """Train `model` on `data` for `cfg.epochs`, evaluating after every epoch.
 
-    allocator: a dambq.BitAllocator, fed every step and stepped every epoch.
-    checkpoint/resume: continue from an existing checkpoint (see module doc).
-    amp: bfloat16 autocast, default on for float models where `fast_bfloat16` says
-    it pays (quantized layers keep float32 so the levels stay exact; evaluation is
-    always float32). channels_last: default on (on 2 CPU cores it speeds up the float
-    and the W4A4 step: results/step-speed.md vs results/step-speed-contiguous.md).
-    teacher: a trained model (usually the float one) whose soft predictions on the
-    same augmented batch the student also matches: loss = (1 - w) * CE + w * KL,
-    w = `distill_weight`. An extension, not in the paper, tried on the idea that a
-    quantized net fine-tuned for a few epochs loses less when it copies its float
-    parent; in the quick profile it gained 0.22 over plain W4A4 with calibrated clips
-    (results/quick-cpu.md) and lost 0.47 with clips at 3.0 (results/quick-cpu-clip3.md):
-    one run each, so it stays off by default.
-    meta: saved in the checkpoint (e.g. architecture and conversion arguments).
-    Returns one metrics dict per epoch (loss, top-1, average bits, seconds)."""
+    Args:
+        allocator: a dambq.BitAllocator, fed every step and stepped every epoch.
+        checkpoint, resume: continue from an existing checkpoint (see the module doc).
+        amp, compile, channels_last: None takes this device's default (`engine_settings`):
+            bf16 autocast and torch.compile where a benchmark showed they pay. Evaluation
+            is always eager float32, so it is batch-independent.
+        compile_mode: passed to torch.compile (e.g. "reduce-overhead" for CUDA graphs).
+        deadline: a `time.time()` value; no epoch is started that the previous epoch's
+            duration says would end after it (the checkpoint keeps what was done, so a
+            later call resumes). Used to fit the paper profile into a GPU lease.
+        teacher, distill_weight: distillation from a trained model (usually the float
+            parent): loss = (1 - w) * CE + w * KL. An extension, off by default: one run
+            each helped and hurt (results/quick-cpu.md, results/quick-cpu-clip3.md).
+        meta: saved in the checkpoint (e.g. architecture and conversion arguments).
+
+    Returns:
+        One record per epoch: losses, top-1, lr, `precision`, `compiled`, average bits for
+        quantized models, `train_seconds` (training steps only) and `seconds` (with evaluation).
+    """
     device = resolve_device(device)
     quantized = is_quantized(model)
-    amp = default_amp(model, device) if amp is None else amp
-    channels_last = True if channels_last is None else channels_last
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    settings = engine_settings(device, amp, compile, channels_last)
+    amp = settings["amp"]
+    memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
-    generator = seed_everything(seed)
+    generator = seed_everything(seed, device)
     steps = steps_per_epoch(len(data.train_labels), cfg.batch_size, drop_last=True)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
@@ -208,14 +271,15 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         state = load_checkpoint(checkpoint, map_location=device)
         _restore(state, model, optimizer, scheduler, allocator, generator)
         history, start_epoch = state["metrics"], state["epoch"] + 1
-    step_fn = torch.compile(model) if compile else model
+    step_fn = torch.compile(model, mode=compile_mode) if settings["compile"] else model
     if teacher is not None:
         teacher.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
-        teacher_amp = default_amp(teacher, device)
     train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
     epochs = range(start_epoch, cfg.epochs)
     bar = tqdm(epochs, desc=stage, disable=not progress or tqdm is None) if tqdm else epochs
     for epoch in bar:
+        if deadline is not None and history and time.time() + history[-1]["seconds"] > deadline:
+            break  # the next epoch would overrun: stop here, the checkpoint resumes later
         model.train()
         started, loss_sum, correct, seen = time.perf_counter(), torch.zeros((), device=device), \
             torch.zeros((), device=device, dtype=torch.long), 0
@@ -224,23 +288,14 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         if tqdm and progress:
             epoch_batches = tqdm(epoch_batches, total=steps, desc=f"{stage} epoch {epoch}", leave=False,
                                  mininterval=5)
-        for x, y in epoch_batches:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = step_fn(x)
-                loss = F.cross_entropy(logits.float(), y)
-            if teacher is not None:
-                loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits, teacher, x, teacher_amp)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if allocator is not None:
-                allocator.accumulate()
-            optimizer.step()
+        for x, y in epoch_batches:  # no host synchronisation in here: every sum stays on the device
+            loss, logits = train_step(step_fn, x, y, optimizer, allocator, amp, teacher, distill_weight)
             scheduler.step()
             loss_sum += loss.detach() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
         record = {"stage": stage, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                  "precision": "bf16 autocast" if amp else "fp32",
+                  "precision": "bf16 autocast" if amp else "fp32", "compiled": settings["compile"],
                   "train_loss": float(loss_sum) / seen, "train_top1": 100.0 * float(correct) / seen}
         if allocator is not None:
             allocator.end_epoch(epoch)

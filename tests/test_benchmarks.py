@@ -4,7 +4,10 @@ Why: the GPU check is one prepared script run on a lent machine with minutes of
 budget; a crash there wastes the loan, so CI runs the same script on CPU first."""
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,9 +18,28 @@ def test_epoch_time_script_writes_its_table(tmp_path):
                     "--source", "synthetic", "--train-limit", "128", "--batch", "32", "--epochs", "2",
                     "--out", str(out)], check=True, cwd=tmp_path, capture_output=True, text=True)
     text = out.read_text()
-    for row in ("| float | ", "| W4A4 | fp32", "| W4A4 + allocation (ends at W3.00A3.00) | fp32"):
+    for row in ("| float | fp32 | eager |", "| W4A4 | fp32 | eager |",
+                "| W4A4 + allocation (ends at W3.00A3.00) | fp32 | eager |"):
         assert row in text, text
-    assert "Quantized / float epoch time" in text and "synthetic" in text
+    assert "eager: quantized / float epoch time" in text and "synthetic" in text
+
+
+@pytest.mark.slow
+def test_gpu_lease_dry_run_runs_every_step_and_packs_the_results(tmp_path):
+    """The lease script on CPU, as CI's rehearsal of the GPU run: every step exits 0, the
+    paper-profile stand-in (smoke) reaches its end, and the bundle holds what must come back."""
+    bundle = tmp_path / "lease.tar.gz"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_lease.py"), "--dry-run", "--minutes", "4",
+                    "--work", str(tmp_path / "work"), "--skip", "notebooks-smoke", "--bundle", str(bundle)],
+                   check=True, cwd=tmp_path, capture_output=True, text=True)
+    text = (tmp_path / "work" / "gpu.md").read_text()
+    for step in ("cuda-tests", "epoch-time", "paper-profile"):
+        assert f"| {step} | 0 |" in text, text
+    assert "| notebooks-smoke | skipped (--skip) |" in text
+    assert "| lba | 3 / 3 |" in text and "| W4A4 + allocation" in text
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+    assert "results/gpu.md" in names and "checkpoints/paper/lba.pt" in names and "lease-logs/paper-profile.log" in names
 
 
 def test_clip_init_script_writes_its_table(tmp_path):

@@ -105,15 +105,20 @@ def test_unknown_profile_and_stage():
         run_stage("w3a3")
 
 
-def test_bf16_autocast_only_for_float_models_where_it_pays(monkeypatch):
+def test_bf16_autocast_for_every_model_where_it_pays(monkeypatch):
     from dambq import train
     data, cfg = small_data(), StageConfig(epochs=1, lr=0.05, batch_size=64)
     monkeypatch.setattr(train, "fast_bfloat16", lambda device: True)
-    assert fit(build_model("resnet20"), data, cfg, device="cpu", progress=False)[0]["precision"] == "bf16 autocast"
+    assert fit(build_model("resnet20"), data, cfg, device="cpu", progress=False,
+               compile=False)[0]["precision"] == "bf16 autocast"
     quantized = dambq.convert(build_model("resnet20"))
-    assert fit(quantized, data, cfg, device="cpu", progress=False)[0]["precision"] == "fp32"
+    record = fit(quantized, data, cfg, device="cpu", progress=False, compile=False)[0]
+    assert record["precision"] == "bf16 autocast" and record["compiled"] is False
+    assert train.engine_settings(torch.device("cpu"))["compile"]  # fast bf16 CPUs compile too
     monkeypatch.setattr(train, "fast_bfloat16", lambda device: False)
     assert fit(build_model("resnet20"), data, cfg, device="cpu", progress=False)[0]["precision"] == "fp32"
+    assert train.engine_settings(torch.device("cpu")) == {"amp": False, "compile": False, "channels_last": True}
+    assert train.engine_settings(torch.device("cuda"))["compile"]
     assert not train.fast_bfloat16(torch.device("meta"))
 
 

@@ -1,0 +1,176 @@
+"""The GPU lease in one command: CUDA checks, epoch times, then the paper profile until time is up.
+
+On the lent GPU machine (the working tree travels; ../shared does not, so the CIFAR-10
+archive travels as data/cifar10-jpeg.tar.gz, git-ignored, named in `carry`):
+
+    cp ../shared/data/cifar10-jpeg.tar.gz data/       # once, here, before the lease
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_lease.py --minutes 9 --bundle $OUT/lease.tar.gz
+
+On a CPU, as CI does, the same script runs every step in seconds:
+
+    python benchmarks/gpu_lease.py --dry-run --bundle /tmp/lease.tar.gz
+
+Steps, each given a share of the minutes and each allowed to fail without stopping the rest:
+  (a) the CUDA-marked tests (pytest -m cuda) and notebooks 01-03 under the smoke profile
+      through papermill on the device (skipped, and said so, when papermill is missing);
+  (b) benchmarks/epoch_time.py: float / W4A4 / W4A4 + allocation at batch 512, eager and
+      compiled;
+  (c) the paper profile (float -> W4A4 -> W2.0A2.0) into checkpoints/paper/ for whatever time
+      is left, checkpointing every epoch: the next lease resumes where this one stopped.
+It writes results/gpu.md (device, torch version, every number's command) and, with --bundle,
+packs results/gpu.md, the step logs and checkpoints/paper/ into one archive ($OUT returns at
+most 8 files). Commit the checkpoints that come back (each must stay <= 5 MB).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the GPU machine runs its own python3, where dambq is not installed
+CHECKPOINT_LIMIT_MB = 5.0
+
+
+def run_step(name: str, command: list[str], seconds: float, log_dir: Path, env: dict) -> dict:
+    """Run one step as a subprocess with a time limit; its output goes to <log_dir>/<name>.log."""
+    log = log_dir / f"{name}.log"
+    started = time.time()
+    print(f"== {name} (limit {seconds:.0f} s): {shlex.join(command)}", flush=True)
+    with open(log, "w") as handle:
+        # a process group of its own, so a timeout also ends what it started (papermill's kernels)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            code = process.wait(timeout=max(1.0, seconds))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            code = "timeout"
+    result = {"name": name, "command": shlex.join(command), "code": code,
+              "seconds": time.time() - started, "log": log.name}
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+    print(f"   -> {code} in {result['seconds']:.0f} s; " + " | ".join(tail), flush=True)
+    return result
+
+
+def has_module(name: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True).returncode == 0
+
+
+def stage_lines(folder: Path) -> list[str]:
+    """One table row per stage summary in `folder`: epochs reached and top-1."""
+    rows = []
+    summaries = [json.loads(path.read_text()) for path in folder.glob("*.json")]
+    order = ["float", "w4a4", "lba"]
+    for s in sorted(summaries, key=lambda s: order.index(s["stage"]) if s["stage"] in order else len(order)):
+        bits = f"W{s['weight_avg']:.3f}A{s['act_avg']:.3f}" if "weight_avg" in s else "float"
+        rows.append(f"| {s['stage']} | {s.get('epochs_done', s['epochs'])} / {s['epochs']} | {s['top1']:.2f} | "
+                    f"{bits} | {s['precision']}{', compiled' if s.get('compiled') else ''} | {s['minutes']:.1f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=9.0, help="everything ends within this")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="CPU, synthetic data, smoke profile, seconds: checks the script itself")
+    parser.add_argument("--results", default=None, help="results file (default results/gpu.md; dry run: in --work)")
+    parser.add_argument("--work", default=None, help="folder for step logs (default runs/lease)")
+    parser.add_argument("--bundle", default=None, help="pack results, logs and checkpoints into this .tar.gz")
+    parser.add_argument("--skip", default="", help="comma list of steps to leave out: "
+                        "cuda-tests, notebooks-smoke, epoch-time, paper-profile")
+    args = parser.parse_args()
+    started = time.time()
+    end = started + 60 * args.minutes
+    work = Path(args.work or ("runs/lease-dry" if args.dry_run else "runs/lease")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results) if args.results else (work / "gpu.md" if args.dry_run else ROOT / "results" / "gpu.md")
+    checkpoints = work / "paper-dry" if args.dry_run else ROOT / "checkpoints" / "paper"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if (ROOT / "data").is_dir() and "DAMBQ_DATA" not in env:
+        env["DAMBQ_DATA"] = str(ROOT / "data")  # the archive carried with the working tree
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    python = sys.executable
+    device = "cpu" if args.dry_run else "cuda"
+
+    def left(share: float = 1.0) -> float:
+        return share * (end - time.time())
+
+    skip = set(filter(None, args.skip.split(",")))
+    steps = []
+
+    def step(name: str, command: list[str], seconds: float) -> None:
+        if name in skip:
+            steps.append({"name": name, "command": shlex.join(command), "code": "skipped (--skip)",
+                          "seconds": 0.0, "log": "-"})
+        else:
+            steps.append(run_step(name, command, seconds, work, env))
+
+    # (a) CUDA tests, then the three notebooks on the device under the smoke profile
+    step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], left(0.1))
+    notebooks = [python, "-m", "dambq.workbook", "--profile", "smoke", "--device", device,
+                 "--runs-dir", str(work / "smoke-runs"), "--out", str(work / "smoke-notebooks"),
+                 "--figures-dir", str(work / "smoke-figures")]
+    if has_module("papermill") or "notebooks-smoke" in skip:
+        step("notebooks-smoke", notebooks, left(0.25))
+    else:
+        steps.append({"name": "notebooks-smoke", "command": shlex.join(notebooks), "code": "skipped: papermill "
+                      "is not installed here (carry wheels: see the README's GPU section)", "seconds": 0.0, "log": "-"})
+    # (b) epoch times, eager and compiled (the dry run leaves compilation to tests/test_engine.py:
+    # inductor on a CPU takes minutes for the three ResNet20 graphs)
+    epoch_md = work / "epoch-time.md"
+    epoch = [python, "benchmarks/epoch_time.py", "--device", device, "--out", str(epoch_md)]
+    epoch += (["--compile", "off", "--source", "synthetic", "--train-limit", "128", "--batch", "32", "--epochs", "2"]
+              if args.dry_run else ["--compile", "both", "--batch", "512", "--epochs", "3"])
+    step("epoch-time", epoch, left(0.45))
+    # (c) the paper profile for the rest, leaving a minute for writing up and packing
+    budget = max(0.0, (left() - 60 * (0.05 if args.dry_run else 1.0)) / 60)
+    paper = [python, "-m", "dambq.pipeline", "--profile", "smoke" if args.dry_run else "paper",
+             "--stages", "float,w4a4,lba", "--out", str(checkpoints), "--device", device,
+             "--time-budget", f"{budget:.2f}", "--no-progress"]
+    step("paper-profile", paper, 60 * budget + 120)
+    # results/gpu.md
+    import torch  # after the steps: the parent holds no device memory while they run
+    from dambq.pipeline import device_name
+    name = device_name(torch.device(device))
+    lines = ["# GPU lease: CUDA checks, epoch time, paper profile" + (" (DRY RUN on CPU)" if args.dry_run else ""),
+             "", f"Command: `python benchmarks/gpu_lease.py {shlex.join(sys.argv[1:])}`", "",
+             f"Device: {name}; torch {torch.__version__}; Python {platform.python_version()}; "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}; total {(time.time() - started) / 60:.1f} min.", "",
+             "| step | exit | seconds | command |", "|---|---|---|---|"]
+    lines += [f"| {s['name']} | {s['code']} | {s['seconds']:.0f} | `{s['command']}` |" for s in steps]
+    if epoch_md.exists():
+        lines += ["", "## Epoch time", "", *epoch_md.read_text().splitlines()[2:]]
+    lines += ["", f"## Paper profile ({checkpoints.relative_to(ROOT) if not args.dry_run else checkpoints})", "",
+              "Epochs reached and top-1 (final epoch) per stage; rerun the command on the next lease to resume.", "",
+              "| stage | epochs done | top-1 (%) | bits | precision | minutes |", "|---|---|---|---|---|---|",
+              *stage_lines(checkpoints)]
+    large = [p.name for p in checkpoints.glob("*.pt") if p.stat().st_size > CHECKPOINT_LIMIT_MB * 2**20]
+    if large:
+        lines += ["", f"Checkpoints over {CHECKPOINT_LIMIT_MB} MB (do not commit): {', '.join(large)}"]
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("\n".join(lines) + "\n")
+    print(results.read_text(), flush=True)
+    if args.bundle:
+        Path(args.bundle).parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(args.bundle, "w:gz") as tar:
+            tar.add(results, arcname=f"results/{results.name}")
+            for log in work.glob("*.log"):
+                tar.add(log, arcname=f"lease-logs/{log.name}")
+            tar.add(epoch_md, arcname="lease-logs/epoch-time.md") if epoch_md.exists() else None
+            if checkpoints.exists():
+                tar.add(checkpoints, arcname="checkpoints/paper")
+        print(f"packed {args.bundle}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

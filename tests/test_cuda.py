@@ -1,0 +1,71 @@
+"""The engine on CUDA: fit's defaults (bf16, compile, channels_last), no host sync in the step,
+compiled LBA sums equal to eager, batch-independent fp32 evaluation.
+
+Marked `cuda`: they skip on machines without a GPU (CI) and are what
+benchmarks/gpu_lease.py runs first on a lent GPU (`pytest -m cuda`)."""
+import pytest
+import torch
+
+import dambq
+from dambq.data import make_synthetic
+from dambq.models import build_model
+from dambq.profiles import StageConfig
+from dambq.train import evaluate, fit, train_step
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+CUDA = torch.device("cuda")
+
+
+def quantized_resnet20():
+    torch.manual_seed(0)
+    return dambq.convert(build_model("resnet20")).to(CUDA, memory_format=torch.channels_last)
+
+
+def test_fit_defaults_on_cuda_are_bf16_and_compiled():
+    history = fit(quantized_resnet20(), make_synthetic(512, 256), StageConfig(epochs=2, lr=0.05, batch_size=128),
+                  device="cuda", allocator=None, progress=False)
+    assert history[-1]["precision"] == "bf16 autocast" and history[-1]["compiled"]
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_training_step_never_synchronises_with_the_host(compile):
+    model = quantized_resnet20()
+    allocator = dambq.BitAllocator(model, 2.0, 2.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step_fn = torch.compile(model) if compile else model
+    x = torch.randn(64, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,), device=CUDA)
+    train_step(step_fn, x, y, optimizer, allocator, amp=True)  # warm-up: compilation may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            train_step(step_fn, x, y, optimizer, allocator, amp=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_compiled_sensitivity_sums_equal_eager_on_cuda():
+    sums = []
+    for compile in (False, True):
+        model = quantized_resnet20()
+        allocator = dambq.BitAllocator(model, 2.0, 2.0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        step_fn = torch.compile(model) if compile else model
+        torch.manual_seed(1)
+        x = torch.randn(64, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (64,), device=CUDA)
+        train_step(step_fn, x, y, optimizer, allocator, amp=False)
+        sums.append(torch.cat([t for kind in allocator.kinds for t in kind.sums]))
+    assert torch.allclose(sums[0], sums[1], rtol=1e-3, atol=1e-7)
+
+
+def test_evaluation_is_fp32_and_batch_independent_on_cuda():
+    data = make_synthetic(64, 256)
+    model = quantized_resnet20()
+    fit(model, data, StageConfig(epochs=1, lr=0.01, batch_size=32), device="cuda", progress=False, compile=False)
+    a = evaluate(model, data.test_images, data.test_labels, CUDA, batch_size=256)
+    b = evaluate(model, data.test_images, data.test_labels, CUDA, batch_size=32)
+    assert abs(a["top1"] - b["top1"]) <= 100 / 256 + 1e-9
