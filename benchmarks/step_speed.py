@@ -30,11 +30,11 @@ WARMUP = 3  # untimed steps per configuration; the first one includes compilatio
 
 
 def make_step(quantized: bool, amp: bool, compile: bool, batch: int, device: torch.device,
-              memory_format=torch.channels_last):
+              memory_format=torch.channels_last, arch: str = "resnet20"):
     """A closure that takes one timed training step of a fresh ResNet20 (W4A4 + tracking
     when `quantized`) on a fixed random batch, as `fit` would with these settings."""
     torch.manual_seed(0)
-    model = build_model("resnet20")
+    model = build_model(arch)
     if quantized:
         model = dambq.convert(model)
     model.to(device, memory_format=memory_format)
@@ -69,6 +69,7 @@ def main() -> None:
                         help="memory format of models and inputs (fit uses channels_last)")
     parser.add_argument("--all", action="store_true",
                         help="every combination of bf16 autocast and compile, not only fit's defaults")
+    parser.add_argument("--arch", default="resnet20", help="network (dambq.models.MODELS)")
     parser.add_argument("--out", default="results/step-speed.md")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -81,7 +82,7 @@ def main() -> None:
         steps = {}
         for quantized in (False, True):
             key = (quantized, amp, compile)
-            steps[key] = make_step(quantized, amp, compile, args.batch, device, layout)
+            steps[key] = make_step(quantized, amp, compile, args.batch, device, layout, args.arch)
             first[key] = steps[key]()
             print(f"{label(*key)}: first step {first[key]:.1f} s", flush=True)
         times = {key: [] for key in steps}
@@ -97,9 +98,9 @@ def main() -> None:
     order = sorted(medians, key=lambda k: (k[0], k[1], k[2]))
     rows = [f"| {label(*key)}{' (fit default)' if key[1:] == fit_combo else ''} | {1000 * m:.1f} | "
             f"{args.batch / m:.0f} | {first[key]:.1f} |" for key, m in ((k, medians[k]) for k in order)]
-    lines = ["# Training step: channel-wise W4A4 ResNet20 with sensitivity tracking vs float", "",
+    lines = ["# Training step: channel-wise W4A4 with sensitivity tracking vs float", "",
              f"Command: `{command}`", "",
-             f"Device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; layout {args.layout}; "
+             f"Network: {args.arch}. Device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; layout {args.layout}; "
              f"median of {args.steps} steps each, float and quantized alternating; `dambq.train.train_step`, as `fit` runs it.", "",
              f"`fit`'s defaults on this device (`dambq.train.engine_settings`): "
              f"{'bf16 autocast' if fit_combo[0] else 'fp32'}, {'compiled' if fit_combo[1] else 'eager'}.", "",

@@ -16,6 +16,7 @@ Code-books are registered by name in ``CODEBOOKS``:
 
 - ``lookup``  : the paper's distribution-aware table, one entry per beta on a grid.
 - ``laplace`` : the V2 table (one entry, tuned for a Laplace prior).
+- ``v1``      : the original code's cruder constant table (one entry).
 - ``uniform`` : power-of-two coefficients (uniform mid-rise levels, the baseline),
   with the MSE-optimal clip looked up per beta.
 """
@@ -43,6 +44,16 @@ V2_LAPLACE_TABLE: dict[int, tuple[tuple[float, ...], float]] = {
     3: ((0.4557, 0.3436, 0.2007), 4.16),
     4: ((0.3317, 0.2858, 0.2346, 0.1479), 5.66),
 }
+
+# The original code's (V1) cruder table (spec section 1), the fourth code-book ("v1").
+V1_TABLE: dict[int, tuple[tuple[float, ...], float]] = {
+    0: ((), 0.5),
+    1: ((1.0,), 0.98),
+    2: ((0.65, 0.35), 2.43),
+    3: ((7 / 15, 1 / 3, 1 / 5), 4.36),
+    4: ((0.32, 0.28, 0.24, 0.16), 5.52),
+}
+FIXED_TABLES = {"laplace": V2_LAPLACE_TABLE, "v1": V1_TABLE}  # one entry each, whatever the shape
 
 # Shapes of the lookup family: log-spaced from heavy-tailed to near-uniform, with
 # Laplace (1.0) and Gaussian (2.0) exactly on the grid.
@@ -251,10 +262,11 @@ def _from_table(name: str, table: dict[str, list]) -> Codebook:
 def build_codebook(name: str) -> Codebook:
     """The named code-book, cached for the process.
 
-    ``laplace`` is V2's constant table; ``lookup`` and ``uniform`` come from the
-    shipped search results (``codebook_tables.json``), searched afresh if absent."""
-    if name == "laplace":
-        return _make_codebook("laplace", (1.0,), {(b, 0): V2_LAPLACE_TABLE[b] for b in range(MAX_BITS + 1)})
+    ``laplace`` (V2) and ``v1`` (the original code) are constant tables; ``lookup`` and
+    ``uniform`` come from the shipped search results (``codebook_tables.json``), searched
+    afresh if absent."""
+    if name in FIXED_TABLES:
+        return _make_codebook(name, (1.0,), {(b, 0): FIXED_TABLES[name][b] for b in range(MAX_BITS + 1)})
     if name not in CODEBOOKS:
         raise ValueError(f"unknown codebook {name!r}; choose one of {list(CODEBOOKS)}")
     tables = json.loads(TABLE_FILE.read_text()) if TABLE_FILE.exists() else {}
@@ -262,7 +274,7 @@ def build_codebook(name: str) -> Codebook:
     return _from_table(name, table)
 
 
-CODEBOOKS = ("lookup", "laplace", "uniform")
+CODEBOOKS = ("lookup", "laplace", "uniform", "v1")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from torch import Tensor, nn
 
 from .codebook import CODEBOOKS, MAX_BITS
 from .layers import QUANT_LAYERS, QuantMixin
-from .quantizers import MAX_ACT_BITS, UniformAct
+from .quantizers import FLOAT_BITS, MAX_ACT_BITS, FloatAct, UniformAct
 
 DEFAULT_CODEBOOK = "lookup"  # measured best on trained ResNet20 weights: results/quant-error.md
 
 
-def convert(model: nn.Module, weight_bits: int = 4, act_bits: int = 4, granularity: str = "channel",
+def convert(model: nn.Module, weight_bits: int = 4, act_bits: int | None = 4, granularity: str = "channel",
             keep_8bit: str | Sequence[str] | None = "auto", codebook: str = DEFAULT_CODEBOOK,
             inplace: bool = False) -> nn.Module:
     """Replace every nn.Conv2d and nn.Linear of `model` by its quantized version.
@@ -23,11 +23,13 @@ def convert(model: nn.Module, weight_bits: int = 4, act_bits: int = 4, granulari
     order) at 8 bits as the paper does; a list names the modules to keep instead,
     and None or [] keeps none. Works on any model (grouped and depthwise convs,
     biases, hidden Linear layers). Returns a converted copy unless `inplace`.
-    Why copy by default: notebooks keep the float model beside the quantized one."""
+    Why copy by default: notebooks keep the float model beside the quantized one.
+    `act_bits=None` quantizes weights only (the paper's A32 rows): every input, the 8-bit
+    layers' too, stays float and outside the activation average, which then reads 32."""
     if not 0 <= weight_bits <= MAX_BITS:
         raise ValueError(f"weight_bits must lie in 0..{MAX_BITS}, got {weight_bits}")
-    if not 0 <= act_bits <= MAX_ACT_BITS:
-        raise ValueError(f"act_bits must lie in 0..{MAX_ACT_BITS}, got {act_bits}")
+    if act_bits is not None and not 0 <= act_bits <= MAX_ACT_BITS:
+        raise ValueError(f"act_bits must lie in 0..{MAX_ACT_BITS} (or None: weights only), got {act_bits}")
     if codebook not in CODEBOOKS:
         raise ValueError(f"codebook must be one of {CODEBOOKS}, got {codebook!r}")
     if not inplace:
@@ -38,7 +40,7 @@ def convert(model: nn.Module, weight_bits: int = 4, act_bits: int = 4, granulari
                          "(already converted layers are left alone)")
     keep = _resolve_keep_8bit(targets, keep_8bit)
     for name, module in targets:
-        args = {"fixed_8bit": True} if name in keep else {
+        args = {"fixed_8bit": True, "act_bits": None if act_bits is None else 8} if name in keep else {
             "weight_bits": weight_bits, "act_bits": act_bits, "granularity": granularity, "codebook": codebook}
         quantized = QUANT_LAYERS[type(module)].from_float(module, **args)
         if name == "":
@@ -90,7 +92,8 @@ def act_channel_sizes(layer: QuantMixin) -> Tensor:
 
 
 def average_bits(model: nn.Module) -> tuple[float, float]:
-    """Size-weighted average (weight bits, activation bits) over the allocated layers.
+    """Size-weighted average (weight bits, activation bits) over the allocated layers
+    (activations: over the quantized inputs; 32 when every input is float).
 
     Weights count by the number of weights in each group, activations by the
     values per image (C*H*W) in each channel at the last forward; the fixed 8-bit
@@ -104,10 +107,16 @@ def average_bits(model: nn.Module) -> tuple[float, float]:
         sizes = weight_group_sizes(layer)
         w_bits += float((layer.weight_bits * sizes).sum())
         w_size += float(sizes.sum())
-        sizes = act_channel_sizes(layer)
-        a_bits += float((layer.act_bits * sizes).sum())
-        a_size += float(sizes.sum())
-    return w_bits / w_size, a_bits / a_size
+        if has_quantized_input(layer):
+            sizes = act_channel_sizes(layer)
+            a_bits += float((layer.act_bits * sizes).sum())
+            a_size += float(sizes.sum())
+    return w_bits / w_size, (a_bits / a_size if a_size else float(FLOAT_BITS))
+
+
+def has_quantized_input(layer: QuantMixin) -> bool:
+    """False for a layer converted weight-only (act_bits=None), whose input stays float."""
+    return not isinstance(layer.act_quant, FloatAct)
 
 
 def act_clips(model: nn.Module) -> dict[str, float]:

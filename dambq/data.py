@@ -12,6 +12,8 @@ Sources:
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import os
 import tarfile
@@ -444,10 +446,17 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (or floats already on the [0,1] scale) -> float32 standardised with
     CIFAR-10's channel mean/std, on the images' own device. Done per batch on the
     training device so the data set itself stays compact uint8."""
-    scale = 255.0 if images.dtype == torch.uint8 else 1.0
-    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(-1, 1, 1) * scale
-    std = torch.tensor(CIFAR10_STD, device=images.device).view(-1, 1, 1) * scale
+    mean, std = _mean_std(images.device, 255.0 if images.dtype == torch.uint8 else 1.0)
     return (images.float() - mean) / std
+
+
+@functools.cache
+def _mean_std(device: torch.device, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10's channel mean and std on `device`, made once: on a GPU a fresh tensor per batch
+    is a blocking host-to-device copy inside the training loop."""
+    mean = torch.tensor(CIFAR10_MEAN, device=device).view(-1, 1, 1) * scale
+    std = torch.tensor(CIFAR10_STD, device=device).view(-1, 1, 1) * scale
+    return mean, std
 
 
 def augment(images: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4,

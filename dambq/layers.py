@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .codebook import MAX_BITS
-from .quantizers import MAX_ACT_BITS, DMBQWeight, Int8Act, Int8Weight, UniformAct, _as_bits
+from .quantizers import MAX_ACT_BITS, DMBQWeight, FloatAct, Int8Act, Int8Weight, UniformAct, _as_bits
 
 GRANULARITIES = ("channel", "layer")
 
@@ -25,14 +25,17 @@ class QuantMixin:
     fixed_8bit: bool
 
     def _build_quantizers(self, act_channels: int, act_channel_dim: int, weight_bits: int,
-                          act_bits: int, granularity: str, codebook: str, fixed_8bit: bool) -> None:
+                          act_bits: int | None, granularity: str, codebook: str, fixed_8bit: bool) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.fixed_8bit, self.granularity = fixed_8bit, granularity
         weight_groups = self.weight.shape[0] if granularity == "channel" else 1
         if fixed_8bit:
             self.weight_quant = Int8Weight(weight_groups)
-            self.act_quant = Int8Act(act_channels)
+            self.act_quant = Int8Act(act_channels) if act_bits is not None else FloatAct(act_channels)
+        elif act_bits is None:  # weight-only (A32): inputs stay float
+            self.weight_quant = DMBQWeight(self.weight, weight_groups, weight_bits, codebook)
+            self.act_quant = FloatAct(act_channels)
         else:
             self.weight_quant = DMBQWeight(self.weight, weight_groups, weight_bits, codebook)
             if granularity == "channel":
@@ -61,6 +64,9 @@ class QuantMixin:
             bits = _as_bits(weight_bits, self.weight_bits.numel(), 0, MAX_BITS, "weight_bits")
             self.weight_quant.bits.copy_(bits)
         if act_bits is not None:
+            if isinstance(self.act_quant, FloatAct):
+                raise ValueError(f"{type(self).__name__} was converted weight-only (act_bits=None): "
+                                 "its input is float and has no bits to set")
             bits = _as_bits(act_bits, self.act_bits.numel(), 0, MAX_ACT_BITS, "act_bits")
             self.act_quant.bits.copy_(bits)
 
@@ -83,7 +89,7 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
-                 weight_bits: int = 4, act_bits: int = 4, granularity: str = "channel",
+                 weight_bits: int = 4, act_bits: int | None = 4, granularity: str = "channel",
                  codebook: str = "lookup", fixed_8bit: bool = False, device=None, dtype=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device=device, dtype=dtype)
@@ -106,7 +112,7 @@ class QuantLinear(QuantMixin, nn.Linear):
     """nn.Linear with DMBQ weights (one code per output row) and quantized input."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 weight_bits: int = 4, act_bits: int = 4, granularity: str = "channel",
+                 weight_bits: int = 4, act_bits: int | None = 4, granularity: str = "channel",
                  codebook: str = "lookup", fixed_8bit: bool = False, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._build_quantizers(in_features, -1, weight_bits, act_bits, granularity, codebook, fixed_8bit)

@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .convert import act_channel_sizes, quant_layers, weight_group_sizes
+from .convert import act_channel_sizes, has_quantized_input, quant_layers, weight_group_sizes
 from .codebook import MAX_BITS
-from .quantizers import MAX_ACT_BITS
+from .quantizers import FLOAT_BITS, MAX_ACT_BITS
 
 RANK_BY = ("per_bit", "sensitivity")
 ERRORS = ("current", "next")
@@ -54,6 +54,8 @@ class _Kind:
         return bits, sizes, torch.cat(self.sums)
 
     def average(self) -> float:
+        if not self.quantizers:  # weight-only: no quantized input
+            return float(FLOAT_BITS)
         bits, sizes, _ = self.flat()
         return float((bits * sizes).sum() / sizes.sum())
 
@@ -65,7 +67,8 @@ class BitAllocator:
     kind alone). window: (first, last) epoch in which bits may be lowered; the
     target is met by the end of `last`. max_ratio: the share of eligible groups
     lowered per epoch rises linearly from `min_ratio` to this across the window
-    (the spec's ramp); when the ramp would not reach the target in time, the
+    (the spec's ramp; a pair (weights, activations) gives each kind its own, as the
+    original code's 0.4 / 0.2); when the ramp would not reach the target in time, the
     remaining gap is spread evenly over the remaining epochs. min_act_bits /
     min_weight_bits: floors (weights may reach 0 bits: the channel is pruned).
     rank_by: "per_bit" ranks by estimated loss change per bit of storage saved;
@@ -76,7 +79,7 @@ class BitAllocator:
 
     def __init__(self, model: nn.Module, weight_target: float | None = 2.0,
                  act_target: float | None = 2.0, window: tuple[int, int] = (0, 150),
-                 max_ratio: float = 0.3, min_act_bits: int = 1, min_weight_bits: int = 0,
+                 max_ratio: float | tuple[float, float] = 0.3, min_act_bits: int = 1, min_weight_bits: int = 0,
                  min_ratio: float = 0.01, rank_by: str = "per_bit", error: str = "current"):
         named = list(quant_layers(model))
         self.layer_names = [name for name, _ in named]
@@ -89,20 +92,26 @@ class BitAllocator:
             raise ValueError(f"error must be one of {ERRORS}, got {error!r}")
         if not (0 <= window[0] <= window[1]):
             raise ValueError(f"window must be (first, last) with 0 <= first <= last, got {window}")
-        if not 0 < min_ratio <= max_ratio <= 1:
-            raise ValueError(f"need 0 < min_ratio <= max_ratio <= 1, got {min_ratio}, {max_ratio}")
+        ratios = tuple(max_ratio) if isinstance(max_ratio, (tuple, list)) else (max_ratio, max_ratio)
+        if len(ratios) != 2 or not all(0 < min_ratio <= r <= 1 for r in ratios):
+            raise ValueError(f"need 0 < min_ratio <= max_ratio <= 1 (max_ratio: one value or (weights, "
+                             f"activations)), got {min_ratio}, {max_ratio}")
         _check_target("weight_target", weight_target, min_weight_bits, MAX_BITS)
         _check_target("act_target", act_target, min_act_bits, MAX_ACT_BITS)
-        self.window, self.max_ratio, self.min_ratio = tuple(window), max_ratio, min_ratio
+        self.window, self.min_ratio = tuple(window), min_ratio
+        self.max_ratio = ratios if ratios[0] != ratios[1] else ratios[0]  # as given: one value or a pair
         self.rank_by, self.error = rank_by, error
         self.kinds = [
             _Kind("weight", [l.weight_quant for l in layers],
                   [(lambda l=l: weight_group_sizes(l)) for l in layers],
                   weight_target, min_weight_bits),
-            _Kind("act", [l.act_quant for l in layers],
-                  [(lambda l=l: act_channel_sizes(l)) for l in layers],
+            _Kind("act", [l.act_quant for l in layers if has_quantized_input(l)],
+                  [(lambda l=l: act_channel_sizes(l)) for l in layers if has_quantized_input(l)],
                   act_target, min_act_bits),
         ]
+        if act_target is not None and not self.kinds[1].quantizers:
+            raise ValueError("act_target is set but no layer has a quantized input (converted with "
+                             "act_bits=None?): pass act_target=None to allocate weights only")
         for kind in self.kinds:
             for q in kind.quantizers:
                 q.track = error
@@ -147,10 +156,12 @@ class BitAllocator:
         self.history.append(record)
         return record
 
-    def _ramp(self, epoch: int) -> float:
+    def _ramp(self, kind: _Kind, epoch: int) -> float:
         first, last = self.window
         progress = (epoch - first) / (last - first) if last > first else 1.0
-        return self.min_ratio + (self.max_ratio - self.min_ratio) * progress
+        ratios = self.max_ratio if isinstance(self.max_ratio, tuple) else (self.max_ratio, self.max_ratio)
+        top = ratios[0] if kind.name == "weight" else ratios[1]
+        return self.min_ratio + (top - self.min_ratio) * progress
 
     def _scores(self, kind: _Kind, sums: Tensor, sizes: Tensor) -> Tensor:
         per_group = kind.name == "weight" or self.rank_by == "per_bit"
@@ -165,7 +176,7 @@ class BitAllocator:
             return 0
         eligible = bits > kind.floor
         order = torch.argsort(self._scores(kind, sums, sizes), stable=True)
-        ramp_count = int(round(self._ramp(epoch) * int(eligible.sum())))
+        ramp_count = int(round(self._ramp(kind, epoch) * int(eligible.sum())))
         ramp_budget = float(sizes[order][eligible[order]][:ramp_count].sum())
         remaining_epochs = self.window[1] - epoch + 1
         budget = min(gap, max(ramp_budget, gap / remaining_epochs))

@@ -49,6 +49,20 @@ class ZeroPadShortcut(nn.Module):
         return f"{self.in_channels}->{self.out_channels}, stride={self.stride}"
 
 
+class ConvShortcut(nn.Sequential):
+    """Projection shortcut ("option B" of He et al. 2016): 1x1 conv with the block's stride,
+    then BatchNorm. The authors' DAMBQ code (V1 and V2) uses it wherever the shape changes,
+    and quantizes and allocates its conv like any other, so their bit averages include it.
+    Its input is the block input, the output of a ReLU, so it is quantizable unsigned."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
+SHORTCUTS: dict[str, type[nn.Module]] = {"conv": ConvShortcut, "zero_pad": ZeroPadShortcut}
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus the identity shortcut:
     out = relu(bn1(conv1(x))); out = bn2(conv2(out)); out = relu(out + shortcut(x)).
@@ -57,7 +71,7 @@ class BasicBlock(nn.Module):
     conv1 input, are each the output of a named ReLU.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "conv"):
         super().__init__()
         self.conv1 = conv3x3(in_channels, out_channels, stride)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -66,7 +80,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu2 = nn.ReLU()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut: nn.Module = ZeroPadShortcut(in_channels, out_channels, stride)
+            self.shortcut: nn.Module = SHORTCUTS[shortcut](in_channels, out_channels, stride)
         else:
             self.shortcut = nn.Identity()
 
@@ -81,18 +95,20 @@ class CifarResNet(nn.Module):
     16/32/64 channels (stride 2 at the start of stages 2 and 3), global average pool
     and one linear classifier. This is the family the paper quantizes (ResNet20..110)."""
 
-    def __init__(self, depth: int, num_classes: int = 10):
+    def __init__(self, depth: int, num_classes: int = 10, shortcut: str = "conv"):
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
-        self.depth = depth
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {list(SHORTCUTS)}, got {shortcut!r}")
+        self.depth, self.shortcut = depth, shortcut
         blocks_per_stage = (depth - 2) // 6
         self.conv1 = conv3x3(3, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU()
-        self.layer1 = make_stage(16, 16, blocks_per_stage, stride=1)
-        self.layer2 = make_stage(16, 32, blocks_per_stage, stride=2)
-        self.layer3 = make_stage(32, 64, blocks_per_stage, stride=2)
+        self.layer1 = make_stage(16, 16, blocks_per_stage, stride=1, shortcut=shortcut)
+        self.layer2 = make_stage(16, 32, blocks_per_stage, stride=2, shortcut=shortcut)
+        self.layer3 = make_stage(32, 64, blocks_per_stage, stride=2, shortcut=shortcut)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
         init_weights(self)
@@ -103,21 +119,36 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def make_stage(in_channels: int, out_channels: int, num_blocks: int, stride: int) -> nn.Sequential:
+def make_stage(in_channels: int, out_channels: int, num_blocks: int, stride: int,
+               shortcut: str = "conv") -> nn.Sequential:
     """A stage of `num_blocks` BasicBlocks; only the first one changes width/resolution,
     as in the paper, so the feature-map size halves exactly where the width doubles."""
-    blocks = [BasicBlock(in_channels, out_channels, stride)]
-    blocks += [BasicBlock(out_channels, out_channels) for _ in range(num_blocks - 1)]
+    blocks = [BasicBlock(in_channels, out_channels, stride, shortcut)]
+    blocks += [BasicBlock(out_channels, out_channels, shortcut=shortcut) for _ in range(num_blocks - 1)]
     return nn.Sequential(*blocks)
+
+
+def hidden_classifier(in_features: int, hidden: int, num_classes: int) -> nn.Sequential:
+    """The authors' (V1) VGG-small head: in -> hidden -> hidden -> classes, each hidden
+    Linear followed by BatchNorm1d and ReLU (no bias: BatchNorm's shift replaces it). The two
+    hidden layers are quantized and allocated; only the last stays at 8 bits."""
+    return nn.Sequential(nn.Linear(in_features, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
 
 
 class VGGSmall(nn.Module):
     """VGG-small from LQ-Nets (Zhang et al. 2018): conv 128-128-M-256-256-M-512-512-M
-    (3x3 conv, BN, ReLU) and one Linear(512*4*4, classes). It is the standard second
-    CIFAR-10 benchmark for low-bit quantization, wider and without shortcuts."""
+    (3x3 conv, BN, ReLU), then a classifier: "v1" (the authors' DAMBQ code, default)
+    8192 -> 1024 -> 1024 -> classes with BatchNorm, ~14M parameters of which ~9.4M in the two
+    hidden layers; "linear" one Linear(8192, classes) as in LQ-Nets (~4.6M). It is the
+    standard second CIFAR-10 benchmark for low-bit quantization, wider and without shortcuts.
+    Which head is used changes what a W1.0 average means, so results name the network."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, classifier: str = "v1"):
         super().__init__()
+        if classifier not in ("v1", "linear"):
+            raise ValueError(f"classifier must be 'v1' or 'linear', got {classifier!r}")
         layers: list[nn.Module] = []
         in_channels = 3
         for spec in (128, 128, "M", 256, 256, "M", 512, 512, "M"):
@@ -127,7 +158,8 @@ class VGGSmall(nn.Module):
                 layers += [conv3x3(in_channels, int(spec)), nn.BatchNorm2d(int(spec)), nn.ReLU()]
                 in_channels = int(spec)
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(512 * 4 * 4, num_classes)
+        self.classifier = (hidden_classifier(512 * 4 * 4, 1024, num_classes) if classifier == "v1"
+                           else nn.Linear(512 * 4 * 4, num_classes))
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,48 +175,43 @@ def init_weights(model: nn.Module) -> None:
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
 
+def _resnet(depth: int, shortcut: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 10) -> CifarResNet:
+        return CifarResNet(depth, num_classes, shortcut)
+    build.__name__ = f"resnet{depth}" + ("" if shortcut == "conv" else "_zeropad")
+    kind = "1x1 conv (the authors')" if shortcut == "conv" else "zero-padding"
+    build.__doc__ = f"ResNet{depth} with {kind} shortcuts"
+    return build
+
+
 def resnet20(num_classes: int = 10) -> CifarResNet:
-    """ResNet20 (n=3, ~0.27M params): the paper's main CIFAR-10 model."""
-    return CifarResNet(20, num_classes)
-
-
-def resnet32(num_classes: int = 10) -> CifarResNet:
-    """ResNet32 (n=5, ~0.46M params)."""
-    return CifarResNet(32, num_classes)
-
-
-def resnet44(num_classes: int = 10) -> CifarResNet:
-    """ResNet44 (n=7, ~0.66M params)."""
-    return CifarResNet(44, num_classes)
-
-
-def resnet56(num_classes: int = 10) -> CifarResNet:
-    """ResNet56 (n=9, ~0.85M params)."""
-    return CifarResNet(56, num_classes)
-
-
-def resnet110(num_classes: int = 10) -> CifarResNet:
-    """ResNet110 (n=18, ~1.7M params): the deepest model in the CIFAR comparisons."""
-    return CifarResNet(110, num_classes)
+    """ResNet20 as in the authors' code: 1x1 conv shortcuts, quantized and allocated (~0.27M params)."""
+    return CifarResNet(20, num_classes, "conv")
 
 
 def vgg_small(num_classes: int = 10) -> VGGSmall:
-    """VGG-small (~4.6M params), the LQ-Nets baseline network."""
-    return VGGSmall(num_classes)
+    """VGG-small as in the authors' code (V1 classifier, ~14M params)."""
+    return VGGSmall(num_classes, "v1")
 
 
+def vgg_small_linear(num_classes: int = 10) -> VGGSmall:
+    """VGG-small with LQ-Nets' single Linear classifier (~4.6M params): this workbook's first version."""
+    return VGGSmall(num_classes, "linear")
+
+
+# The plain names are the authors' networks (what the paper's numbers were measured on);
+# "_zeropad" / "_linear" are the variants this workbook used before (results/quick-cpu.md).
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
-    "resnet32": resnet32,
-    "resnet44": resnet44,
-    "resnet56": resnet56,
-    "resnet110": resnet110,
+    **{f"resnet{d}": _resnet(d, "conv") for d in (32, 44, 56, 110)},
+    **{f"resnet{d}_zeropad": _resnet(d, "zero_pad") for d in (20, 32, 44, 56, 110)},
     "vgg_small": vgg_small,
+    "vgg_small_linear": vgg_small_linear,
 }
 
 

@@ -13,7 +13,7 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -22,39 +22,61 @@ from torch import nn
 from .convert import act_clips, average_bits, calibrate_act_clips, convert
 from .data import Cifar10, load_cifar10, normalize
 from .lba import BitAllocator, bit_report
+from .quantizers import UniformAct
 from .models import build_model
-from .profiles import Profile, get_profile
+from .profiles import RECIPES, Profile, get_profile, with_schedule
 from .train import evaluate, fit, load_checkpoint, resolve_device
+
+
+RECIPE = "recipe"    # a Stage's code-book: the profile's recipe's
+PROFILE = "profile"  # a Stage's bits: the profile's starting bits
 
 
 @dataclass(frozen=True)
 class Stage:
     """How to build a stage's model from its parent's checkpoint."""
 
-    parent: str | None          # stage whose checkpoint it starts from
-    schedule: str               # which StageConfig of the profile it trains with
-    codebook: str | None = None  # None: float model
-    weight_bits: int = 4
-    act_bits: int = 4
-    allocate: bool = False      # attach a BitAllocator with the profile's window
-    teacher: str | None = None  # stage whose model it also distils from (an extension)
+    parent: str | None                  # stage whose checkpoint it starts from
+    schedule: str                       # which StageConfig of the profile it trains with
+    codebook: str | None = None         # None: float model; RECIPE: the profile's recipe's
+    weight_bits: int | str = PROFILE
+    act_bits: int | str | None = PROFILE  # None: weight-only (inputs stay float, the paper's A32 rows)
+    allocate: bool = False              # attach a BitAllocator with the profile's window and recipe
+    teacher: str | None = None          # stage whose model it also distils from (an extension)
     description: str = ""
 
 
 STAGES: dict[str, Stage] = {
-    "float": Stage(None, "float", description="full-precision ResNet"),
-    "w4a4": Stage("float", "w4a4", codebook="lookup", description="W4A4, DMBQ weights (lookup code-book)"),
-    "lba": Stage("w4a4", "lba", codebook="lookup", allocate=True,
+    "float": Stage(None, "float", description="full-precision network"),
+    "w4a4": Stage("float", "w4a4", codebook=RECIPE, description="W4A4, DMBQ weights (the recipe's code-book)"),
+    "lba": Stage("w4a4", "lba", codebook=RECIPE, allocate=True,
                  description="channel-wise allocation from W4A4 to the targets (LBA)"),
     "w4a4_uniform": Stage("float", "w4a4", codebook="uniform",
                           description="W4A4 baseline: uniform weights, MSE-optimal clip"),
     "w4a4_laplace": Stage("float", "w4a4", codebook="laplace",
                           description="W4A4 with V2's fixed Laplace table"),
-    "w4a4_kd": Stage("float", "w4a4", codebook="lookup", teacher="float",
+    "w4a4_kd": Stage("float", "w4a4", codebook=RECIPE, teacher="float",
                      description="W4A4 as w4a4, plus distillation from the float model (extension)"),
-    "w2a2_fixed": Stage("w4a4", "lba", codebook="lookup", weight_bits=2, act_bits=2,
+    "w4a32": Stage("float", "w4a4", codebook=RECIPE, act_bits=None,
+                   description="W4A32: DMBQ weights only, inputs stay float"),
+    "lba_a32": Stage("w4a32", "lba", codebook=RECIPE, act_bits=None, allocate=True,
+                     description="weight-only allocation from W4A32 to the weight target (LBA)"),
+    "w2a2_fixed": Stage("w4a4", "lba", codebook=RECIPE, weight_bits=2, act_bits=2,
                         description="every channel at W2A2 from W4A4, same steps as LBA (no allocation)"),
 }
+
+
+def stage_quantization(stage: str, profile: Profile) -> dict | None:
+    """The `dambq.convert` arguments of a stage's layers (None for a float stage): its own
+    code-book and bits where it names them, else the profile's recipe and starting bits."""
+    spec = STAGES[stage]
+    if spec.codebook is None:
+        return None
+    recipe_codebook = profile.codebook or RECIPES[profile.recipe].codebook
+    return {"codebook": recipe_codebook if spec.codebook == RECIPE else spec.codebook,
+            "weight_bits": profile.weight_bits if spec.weight_bits == PROFILE else spec.weight_bits,
+            "act_bits": profile.act_bits if spec.act_bits == PROFILE else spec.act_bits,
+            "granularity": profile.granularity}
 
 
 def stage_file(stage: str, weight_target: float | None = 2.0, act_target: float | None = 2.0) -> str:
@@ -118,6 +140,8 @@ def init_act_clips(model: nn.Module, how: str | float, data: Cifar10 | None, dev
     Why calibrate: with ResNet20's float weights a fixed 3.0 gives 75.22% before any
     quantized training and MSE clips 85.15% (results/clip-init.md), so the
     short schedules spend their steps on weights, not on moving clips."""
+    if not any(isinstance(m, UniformAct) for m in model.modules()):
+        return  # weight-only: no activation clip to start
     if how == "mse":
         if data is None:
             raise ValueError("act_clip_init='mse' needs the data to calibrate on")
@@ -176,6 +200,15 @@ def clip_start(stage: str, profile: Profile, out: Path) -> str | float | None:
     return json.loads(parent_summary.read_text()).get("act_clip_init") if parent_summary.exists() else None
 
 
+def recipe_allocator_args(profile: Profile) -> dict:
+    """BitAllocator keyword arguments of the profile's recipe, with its ramp override."""
+    args = RECIPES[profile.recipe].allocator_args()
+    if profile.max_ratio is not None:
+        w, a = profile.max_ratio
+        args["max_ratio"] = w if w == a else (w, a)
+    return args
+
+
 def build_stage_model(stage: str, profile: Profile, out: Path, device: torch.device,
                       data: Cifar10 | None = None, seed: int = 0, init_clips: bool = True) -> nn.Module:
     """The model a stage starts from: a fresh float net, or its parent's weights
@@ -193,25 +226,27 @@ def build_stage_model(stage: str, profile: Profile, out: Path, device: torch.dev
         raise ValueError(f"stage {stage!r} starts from {spec.parent!r}, which stopped after epoch "
                          f"{parent_state['epoch'] + 1} of {parent_epochs} (a time budget ran out?); "
                          f"run {spec.parent!r} to its end first - it resumes from {out / spec.parent}.pt")
+    quant = stage_quantization(stage, profile)
     if parent.codebook is None:
         model.load_state_dict(parent_state["model"])
-        model = convert(model, weight_bits=spec.weight_bits, act_bits=spec.act_bits,
-                        codebook=spec.codebook, inplace=True)
+        model = convert(model, **quant, inplace=True)
         if init_clips:
             init_act_clips(model, profile.act_clip_init, data, device, seed)
         return model
-    model = convert(model, codebook=parent.codebook, inplace=True)
+    parent_quant = stage_quantization(spec.parent, profile)
+    model = convert(model, **parent_quant, inplace=True)
     model.load_state_dict(parent_state["model"])
-    if (spec.weight_bits, spec.act_bits) != (parent.weight_bits, parent.act_bits) and not spec.allocate:
+    bits = (quant["weight_bits"], quant["act_bits"])
+    if bits != (parent_quant["weight_bits"], parent_quant["act_bits"]) and not spec.allocate:
         for module in model.modules():
             if hasattr(module, "set_bits") and not module.fixed_8bit:
-                module.set_bits(spec.weight_bits, spec.act_bits)
+                module.set_bits(*bits)
     return model
 
 
 def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "runs/smoke",
               data: Cifar10 | None = None, data_root: str | Path | None = None,
-              device: str = "auto", weight_target: float = 2.0, act_target: float = 2.0,
+              device: str = "auto", weight_target: float | None = 2.0, act_target: float | None = 2.0,
               seed: int = 0, progress: bool = True, allocator_args: dict | None = None,
               on_epoch_end=None, amp: bool | None = None, compile: bool | None = None,
               compile_mode: str | None = None, deadline: float | None = None) -> dict:
@@ -244,8 +279,8 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     model.to(device_)
     allocator = None
     if spec.allocate:
-        allocator = BitAllocator(model, weight_target=weight_target, act_target=act_target,
-                                 window=profile.lba_window, **(allocator_args or {}))
+        allocator = BitAllocator(model, weight_target=weight_target, act_target=act_target, window=profile.lba_window,
+                                 **{**recipe_allocator_args(profile), **(allocator_args or {})})
     teacher = None
     if spec.teacher is not None:
         teacher = build_model(profile.arch)
@@ -253,17 +288,19 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     history = fit(model, data, cfg, device=device_, allocator=allocator, checkpoint=checkpoint,
                   metrics_csv=out / f"{name}.csv", seed=seed, stage=stage, progress=progress,
                   meta={"stage": stage, "profile": profile.name, "arch": profile.arch,
+                        "quantization": stage_quantization(stage, profile), "recipe": profile.recipe,
                         "setup_seconds": setup_seconds},
                   on_epoch_end=on_epoch_end, teacher=teacher, amp=amp, compile=compile,
                   compile_mode=compile_mode, deadline=deadline)
     final = evaluate(model, data.test_images, data.test_labels, device_)
     summary = {"stage": stage, "description": spec.description, "profile": profile.name,
                "arch": profile.arch, "data": data.source, "device": device_name(device_),
-               "act_clip_init": clip_start(stage, profile, out),
+               "act_clip_init": clip_start(stage, profile, out), "recipe": profile.recipe, "schedule": asdict(cfg),
+               "quantization": stage_quantization(stage, profile),
                "precision": history[-1].get("precision", "fp32") if history else "fp32",
                "compiled": history[-1].get("compiled", False) if history else False,
                "epochs": cfg.epochs, "epochs_done": len(history), "finished": len(history) >= cfg.epochs,
-               "top1": final["top1"], "test_loss": final["loss"],
+               "top1": final["top1"], "test_loss": final["loss"], **best_epoch(history),
                "minutes": (setup_seconds + sum(r["seconds"] for r in history)) / 60,
                "setup_seconds": setup_seconds,
                "wall_minutes_this_call": (time.perf_counter() - started) / 60}
@@ -273,10 +310,48 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
         summary["allocation"] = allocator.history
         summary["targets"] = [weight_target, act_target]
         summary["window"] = list(profile.lba_window)
+        summary["allocator"] = {**recipe_allocator_args(profile), **(allocator_args or {})}
         bit_report(model).to_csv(out / f"{name}-bits.csv")
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
     summary["model"] = model
     return summary
+
+
+def best_epoch(history: list[dict]) -> dict:
+    """The epoch (1-based) with the highest test top-1 and that top-1. Tables report the
+    final epoch, as the paper does; the best is kept beside it (V2's log: best 92.32, final 92.13)."""
+    if not history:
+        return {"best_top1": None, "best_epoch": None}
+    best = max(range(len(history)), key=lambda i: history[i]["test_top1"])
+    return {"best_top1": history[best]["test_top1"], "best_epoch": int(history[best]["epoch"]) + 1}
+
+
+def evaluate_checkpoint(path: str | Path, profile: Profile | str = "quick", data: Cifar10 | None = None,
+                        data_root: str | Path | None = None, device: str = "auto") -> dict:
+    """Top-1 and average bits of any checkpoint `fit` wrote, rebuilt from what its meta records
+    (network and conversion): the evaluation-only command.
+
+    Raises:
+        CheckpointError: unreadable file; ValueError: a checkpoint whose meta lacks the network
+        or the conversion (written before they were recorded)."""
+    state = load_checkpoint(path)
+    meta = state.get("meta", {})
+    if "arch" not in meta or ("quantization" not in meta and meta.get("stage") != "float"):
+        raise ValueError(f"{path}: its meta does not record the network and conversion "
+                         f"(has {sorted(meta)}); rerun the stage with this version to evaluate it")
+    model = build_model(meta["arch"])
+    if meta.get("quantization"):
+        model = convert(model, **meta["quantization"], inplace=True)
+    model.load_state_dict(state["model"])
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    data = data if data is not None else load_data(profile, data_root)
+    device_ = resolve_device(device)
+    result = evaluate(model.to(device_), data.test_images, data.test_labels, device_)
+    row = {"checkpoint": str(path), "stage": meta.get("stage"), "arch": meta["arch"], "data": data.source,
+           "epochs_trained": int(state["epoch"]) + 1, "top1": result["top1"], "test_loss": result["loss"]}
+    if meta.get("quantization"):
+        row["weight_avg"], row["act_avg"] = average_bits(model)
+    return row
 
 
 def _recorded_setup_seconds(checkpoint: Path, default: float) -> float:
@@ -309,13 +384,14 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
     order = {name: i for i, name in enumerate(STAGES)}
     summaries.sort(key=lambda s: order.get(s["stage"], len(order)))
     lines = [f"# Results: {out}", "", f"Command: `{command}`", "",
-             "| stage | what | profile | data | device | training precision | act clips started | epochs | top-1 (%) "
-             "| W avg | A avg | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| stage | what | network | profile | data | device | training precision | act clips started | epochs "
+             "| top-1 (%) | W avg | A avg | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
         # summaries written before act_clip_init existed: their quantized stages started at the spec's 3.0
         clips = s.get("act_clip_init", 3.0 if "weight_avg" in s else None) or "-"
-        lines.append(f"| {s['stage']} | {s['description']} | {s['profile']} | {s['data']} | {s['device']} | "
+        lines.append(f"| {s['stage']} | {s['description']} | {s.get('arch', '?')} | {s['profile']} | {s['data']} | "
+                     f"{s['device']} | "
                      f"{s.get('precision', 'fp32')} | {clips} | {s['epochs']} | "
                      f"{s['top1']:.2f} | {bits} | {s['minutes']:.1f} |")
     chain = [s for s in summaries if s["stage"] in ("float", "w4a4")
@@ -327,7 +403,7 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
         if "allocation" not in s:
             continue
         w, a = s["targets"]
-        lines += ["", f"## Allocation per epoch ({s['stage']}, targets W{w}A{a}, window {s.get('window', '')})", "",
+        lines += ["", f"## Allocation per epoch ({s['stage']}, targets W{_bits_label(w)}A{_bits_label(a)}, window {s.get('window', '')})", "",
                   "| epoch | W avg | A avg | weight decrements | activation decrements |", "|---|---|---|---|---|"]
         lines += [f"| {r['epoch']} | {r['weight_avg']:.4f} | {r['act_avg']:.4f} | {r['weight_lowered']} | "
                   f"{r['act_lowered']} |" for r in s["allocation"]]
@@ -343,6 +419,11 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
     return text
 
 
+def _target(text: str) -> float | None:
+    """A bit target from the command line: a number, or "none"."""
+    return None if text.lower() in ("none", "32") else float(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick")
@@ -350,9 +431,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="folder for checkpoints and metrics (runs/<profile>)")
     parser.add_argument("--data", default=None, help="data root (else DAMBQ_DATA, else ../shared/data)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--weight-target", type=float, default=2.0)
-    parser.add_argument("--act-target", type=float, default=2.0)
+    parser.add_argument("--weight-target", type=_target, default=2.0, help="average weight bits (or none)")
+    parser.add_argument("--act-target", type=_target, default=2.0,
+                        help="average activation bits, or none to leave them alone (weight-only stages: none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", default=None,
+                        help="network from dambq.models.MODELS (default: the profile's; 'resnet20' is the authors')")
     parser.add_argument("--act-clip-init", default=None,
                         help="'mse' (calibrate, the default) or a number such as the spec's 3.0")
     parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
@@ -363,12 +447,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-budget", type=float, default=None,
                         help="minutes; no epoch starts that would end later (rerun to resume)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
+    parser.add_argument("--recipe", default=None, help=f"code-book and LBA ramps/floors: one of {list(RECIPES)}")
+    parser.add_argument("--codebook", default=None, help="override the recipe's code-book (lookup, laplace, uniform, v1)")
+    parser.add_argument("--bits", default=None, help="starting bits of the quantized stages, W,A (A may be none)")
+    parser.add_argument("--granularity", choices=["channel", "layer"], default=None)
+    parser.add_argument("--window", default=None, help="LBA window, first,last epoch (0-based)")
+    parser.add_argument("--ramps", default=None, help="LBA ramp end, one value or weights,activations")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of every stage run")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every stage run")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size of every stage run")
+    parser.add_argument("--evaluate", default=None, metavar="CHECKPOINT",
+                        help="only evaluate this checkpoint (any stage) on the profile's test set")
     parser.add_argument("--report", default=None, help="write a markdown table of every finished stage here")
     args = parser.parse_args(argv)
     overrides = {}
+    if args.arch is not None:
+        overrides["arch"] = args.arch
+    if args.recipe is not None:
+        overrides["recipe"] = args.recipe
+    if args.codebook is not None:
+        overrides["codebook"] = args.codebook
+    if args.bits is not None:
+        weight_bits, act_bits = (args.bits.split(",") + [None])[:2]
+        overrides["weight_bits"] = int(weight_bits)
+        overrides["act_bits"] = None if act_bits is None or act_bits.lower() in ("none", "32") else int(act_bits)
+    if args.granularity is not None:
+        overrides["granularity"] = args.granularity
+    if args.window is not None:
+        overrides["lba_window"] = tuple(int(v) for v in args.window.split(","))
+    if args.ramps is not None:
+        ramps = [float(v) for v in args.ramps.split(",")]
+        overrides["max_ratio"] = (ramps[0], ramps[-1])
     if args.act_clip_init is not None:
         overrides["act_clip_init"] = args.act_clip_init if args.act_clip_init == "mse" else float(args.act_clip_init)
     profile = get_profile(args.profile, **overrides)
+    schedule = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs), ("batch_size", args.batch_size))
+                if v is not None}
+    profile = with_schedule(profile, **schedule)
+    if args.evaluate:
+        print(json.dumps(evaluate_checkpoint(args.evaluate, profile, data_root=args.data, device=args.device)))
+        return
     out = Path(args.out or f"runs/{profile.name}")
     if args.report:
         command = f"python -m dambq.pipeline --profile {profile.name} --out {out} --report {args.report}"

@@ -25,6 +25,38 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How a quantized stage is built and allocated, apart from its schedule: the code-book
+    its weights snap to and the LBA ramp and floors. Recorded with every result.
+
+    Why as data: the authors' two implementations differ here (spec sections 1 and 4), and
+    a result must say which one it followed."""
+
+    name: str
+    codebook: str                           # dambq.codebook.CODEBOOKS
+    max_ratio: tuple[float, float]          # LBA ramp end for (weights, activations)
+    min_ratio: float = 0.01                 # LBA ramp start
+    min_weight_bits: int = 0                # floors: weights may be pruned, activations not
+    min_act_bits: int = 1
+    note: str = ""
+
+    def allocator_args(self) -> dict:
+        """Keyword arguments for dambq.BitAllocator."""
+        ratio = self.max_ratio[0] if self.max_ratio[0] == self.max_ratio[1] else self.max_ratio
+        return {"max_ratio": ratio, "min_ratio": self.min_ratio, "min_weight_bits": self.min_weight_bits,
+                "min_act_bits": self.min_act_bits}
+
+
+RECIPES: dict[str, Recipe] = {
+    "dambq": Recipe("dambq", "lookup", (0.3, 0.3),
+                    note="the paper's distribution-aware lookup code-book with V2's ramp 0.01 -> 0.3"),
+    "v2": Recipe("v2", "laplace", (0.3, 0.3), note="the authors' rewrite: one Laplace table, ramp 0.01 -> 0.3"),
+    "v1": Recipe("v1", "v1", (0.4, 0.2),
+                 note="the authors' original code: its cruder table, ramps 0.4 (weights) / 0.2 (activations)"),
+}
+
+
+@dataclass(frozen=True)
 class Profile:
     """All stages of the pipeline plus the data they use."""
 
@@ -36,8 +68,14 @@ class Profile:
     data_source: str = "auto"            # dambq.data.load_cifar10 source
     train_limit: int | None = None
     test_limit: int | None = None
-    arch: str = "resnet20"
+    arch: str = "resnet20"               # dambq.models registry name; "resnet20" is the authors' network
     act_clip_init: str | float = "mse"   # float -> quantized: "mse" calibrates each clip, a number sets all
+    recipe: str = "dambq"                # RECIPES: code-book and LBA ramp/floors
+    weight_bits: int = 4                 # the quantized stages' starting bits (w2a2_fixed and the
+    act_bits: int = 4                    # weight-only stages set their own)
+    granularity: str = "channel"         # "channel" or "layer"
+    codebook: str | None = None          # overrides the recipe's code-book
+    max_ratio: tuple[float, float] | None = None  # overrides the recipe's LBA ramp end (weights, activations)
     note: str = ""
 
 
@@ -56,8 +94,10 @@ PROFILES: dict[str, Profile] = {
         w4a4=StageConfig(epochs=5, lr=0.01, batch_size=128),
         lba=StageConfig(epochs=10, lr=0.02, batch_size=128),
         lba_window=(0, 4),
+        arch="resnet20_zeropad",
         note="CPU-scale: all three stages on the CIFAR-10 JPEG copy in under an hour on 2 cores; "
-             "short schedules, not a reproduction of the paper's numbers"),
+             "short schedules, not a reproduction of the paper's numbers; the zero-padding ResNet20 its "
+             "results (results/quick-cpu.md) were measured on (--arch resnet20 for the authors' network)"),
     "paper": Profile(
         name="paper",
         float=StageConfig(epochs=300, lr=0.05, batch_size=512, weight_decay=1e-4, nesterov=False,
@@ -67,6 +107,7 @@ PROFILES: dict[str, Profile] = {
         lba=StageConfig(epochs=300, lr=0.05, batch_size=512, weight_decay=1e-4, nesterov=False,
                         schedule="step", milestones=(150, 225)),
         lba_window=(0, 150),
+        arch="resnet20",
         note="the spec's schedules (section 5): 300 epochs per stage, batch 512, lr 0.05, steps at 150/225"),
 }
 
@@ -78,4 +119,14 @@ def get_profile(name: str, **overrides) -> Profile:
     float epochs) without defining a new profile; the result still records it."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {list(PROFILES)}")
+    if "recipe" in overrides and overrides["recipe"] not in RECIPES:
+        raise ValueError(f"unknown recipe {overrides['recipe']!r}; choose one of {list(RECIPES)}")
     return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]
+
+
+def with_schedule(profile: Profile, **changes) -> Profile:
+    """`profile` with the same StageConfig fields (lr, epochs, batch_size, ...) changed in
+    every stage: what the command line's --lr / --epochs / --batch-size mean."""
+    if not changes:
+        return profile
+    return replace(profile, **{stage: replace(getattr(profile, stage), **changes) for stage in ("float", "w4a4", "lba")})

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .codebook import MAX_BITS, build_codebook
 
 MAX_ACT_BITS = 8
+FLOAT_BITS = 32  # what an unquantized (A32) input reads as in tables
 TRACK_MODES = (None, "current", "next")
 
 
@@ -213,22 +214,33 @@ class _UniformActQuant(torch.autograd.Function):
         # inside [0, clip] <=> |x - clip/2| <= clip/2; a pruned channel gets -1: never inside
         half = torch.where(n > 0, clip_ / 2, -1.0)
         grad_x = (x - half).abs_().le_(half).mul_(grad_y)
-        # d y / d clip = (y - x * inside) / clip: (y - x) / clip inside, 1 above, 0 below
-        buffer = torch.mul(grad_y, y)
-        grad_y_dot_y = per_channel(buffer)
-        grad_clip = ((grad_y_dot_y - per_channel(torch.mul(grad_x, x, out=buffer))).sum() / clip_)
+        # d y / d clip = (y - x * inside) / clip: (y - x) / clip inside, 1 above, 0 below;
+        # the two sums are whole-tensor dot products (one pass each, no temporary)
+        grad_clip = (_dot(grad_y, y) - _dot(grad_x, x)) / clip_
         if ctx.sensitivity is not None:
             with torch.no_grad():
                 if ctx.track_next:  # Q at b-1 bits: n' = (n + 1) / 2 - 1 levels above zero
                     n_next = ((n + 1) / 2 - 1).clamp_min(0)
-                    inv_next = n_next / clip_
-                    y_next = torch.mul(x, inv_next, out=buffer).clamp_(min=0)
+                    y_next = torch.mul(x, n_next / clip_).clamp_(min=0)
                     torch.minimum(y_next, n_next, out=y_next).round_().mul_(clip_ / n_next.clamp_min(1))
-                    delta = per_channel(y_next.mul_(grad_y)) - grad_y_dot_y
-                else:  # sum g * (x - y)
-                    delta = per_channel(torch.mul(grad_y, x, out=buffer)) - grad_y_dot_y
+                    delta = per_channel(y_next.sub_(y).mul_(grad_y))  # sum g * (Q_{b-1} - Q_b)
+                else:
+                    delta = per_channel(torch.sub(x, y).mul_(grad_y))  # sum g * (x - Q_b)
                 ctx.sensitivity.add_(delta.reshape(-1))
         return grad_x.to(ctx.in_dtype), grad_clip.reshape(clip.shape), None, None, None
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum(a * b) in one pass without a temporary: a BLAS dot over the storage when both are
+    dense with the same strides (contiguous or channels_last alike), else multiply and sum.
+
+    Why: on 2 CPU cores (AMD EPYC, AVX2) at [128, 16, 32, 32] the dot took 0.13-0.16 ms
+    against 0.36-0.55 ms for the product and sum (a one-off measurement)."""
+    same_layout = a.shape == b.shape and a.stride() == b.stride()
+    dense = a.is_contiguous() or (a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last))
+    if same_layout and dense:
+        return torch.dot(a.as_strided((a.numel(),), (1,)), b.as_strided((b.numel(),), (1,)))
+    return (a * b).sum()
 
 
 def _uniform_levels(x: Tensor, clip: Tensor, n: Tensor) -> Tensor:
@@ -276,6 +288,27 @@ class UniformAct(nn.Module):
         b = self.bits.float()
         return (f"channels={self.channels}, bits(mean/min/max)={b.mean():.2f}/{int(b.min())}/"
                 f"{int(b.max())}, act_clip={float(self.act_clip.detach()):.3f}")
+
+
+class FloatAct(nn.Module):
+    """Weight-only quantization (A32): the input passes unchanged.
+
+    Why a module rather than nothing: every quantized layer then has the same parts; `bits`
+    reads 32 for the tables, and `dambq.convert.average_bits` and `BitAllocator` leave such
+    inputs out of the activation average (which reports 32 when no input is quantized)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels, self.track = channels, None
+        self.register_buffer("bits", torch.full((channels,), FLOAT_BITS, dtype=torch.long))
+        self.register_buffer("positions", torch.ones((), dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.positions.fill_(max(1, x[0].numel() // self.channels) if x.dim() > 1 else 1)
+        return x
+
+    def extra_repr(self) -> str:
+        return "float input (weight-only quantization)"
 
 
 class Int8Act(nn.Module):

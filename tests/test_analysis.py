@@ -29,7 +29,7 @@ def test_laplace_samples_favour_the_v2_table():
 
 def test_real_model_layers_and_table_format():
     layers = conv_weight_groups(build_model("resnet20"))
-    assert len(layers) == 18 and layers[0].shape == (16, 144)   # first conv and last linear left out
+    assert len(layers) == 20 and layers[0].shape == (16, 144)   # 18 block and 2 shortcut convs: stem and fc left out
     text = format_table({"x": error_table(layers[:2], bits_range=(1,), methods=("lookup",))}, bits_range=(1,))
     assert "| x | lookup |" in text
     timing = time_per_step(layers[:2], repeats=1)

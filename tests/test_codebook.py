@@ -39,7 +39,7 @@ SPEC_V2_TABLE = {
 # 4-level Lloyd-Max quantizer of a unit Gaussian (Max 1960): +-0.4528, +-1.510 sigma.
 LLOYD_MAX_GAUSS_2BIT = np.array([-1.510, -0.4528, 0.4528, 1.510])
 
-CODEBOOK_NAMES = ("lookup", "laplace", "uniform")
+CODEBOOK_NAMES = ("lookup", "laplace", "uniform", "v1")
 
 
 # ----------------------------------------------------------------------------- V2 table
@@ -57,11 +57,17 @@ def test_v2_table_coefficients_sum_to_one():
         assert sum(V2_LAPLACE_TABLE[bits][0]) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_laplace_codebook_is_the_v2_table():
-    book = build_codebook("laplace")
+# the original code's table, as the spec's section 1 states it
+SPEC_V1_TABLE = {0: ((), 0.5), 1: ((1.0,), 0.98), 2: ((0.65, 0.35), 2.43),
+                 3: ((7 / 15, 1 / 3, 1 / 5), 4.36), 4: ((0.32, 0.28, 0.24, 0.16), 5.52)}
+
+
+@pytest.mark.parametrize("name,spec", [("laplace", SPEC_V2_TABLE), ("v1", SPEC_V1_TABLE)])
+def test_constant_codebooks_are_the_authors_tables(name, spec):
+    book = build_codebook(name)
     assert book.betas == (1.0,)
     assert tuple(book.levels.shape) == (5, 1, 16)
-    for bits, (coefs, k) in SPEC_V2_TABLE.items():
+    for bits, (coefs, k) in spec.items():
         assert float(book.clip_factor[bits, 0]) == pytest.approx(k, rel=1e-6)
         expected_coefs = np.zeros(4)
         expected_coefs[:bits] = coefs

@@ -20,7 +20,9 @@ def test_resnet20_parameter_count_matches_paper():
     ("resnet44", 0.64e6, 0.68e6),
     ("resnet56", 0.84e6, 0.87e6),
     ("resnet110", 1.70e6, 1.75e6),
-    ("vgg_small", 4.6e6, 4.7e6),
+    ("vgg_small_linear", 4.6e6, 4.7e6),
+    ("vgg_small", 13.5e6, 14.5e6),
+    ("resnet20_zeropad", 0.26e6, 0.28e6),
 ])
 def test_parameter_counts(name, low, high):
     assert low <= count_parameters(build_model(name)) <= high
@@ -47,11 +49,12 @@ def test_unknown_name_lists_valid_names():
         assert name in str(info.value)
 
 
-def test_shortcuts_have_no_parameters():
-    model = resnet20()
-    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+def test_zeropad_shortcuts_have_no_parameters_and_the_authors_have_two_projections():
+    blocks = [m for m in build_model("resnet20_zeropad").modules() if isinstance(m, BasicBlock)]
     assert len(blocks) == 9
     assert all(count_parameters(block.shortcut) == 0 for block in blocks)
+    projections = [b for b in resnet20().modules() if isinstance(b, BasicBlock) and count_parameters(b.shortcut)]
+    assert len(projections) == 2  # where the width doubles: 16 -> 32 and 32 -> 64
 
 
 @pytest.mark.parametrize("name", ["resnet20", "vgg_small"])

@@ -1,0 +1,67 @@
+"""Experiments from the command line: recipes as data, every setting a flag and recorded,
+an evaluation-only command, and the best epoch beside the final one."""
+import json
+
+import pytest
+import torch
+
+import dambq
+from dambq.data import make_synthetic
+from dambq.models import build_model
+from dambq.pipeline import evaluate_checkpoint, main, stage_quantization
+from dambq.profiles import RECIPES, get_profile, with_schedule
+from dambq.train import save_checkpoint
+
+
+def test_recipes_choose_the_codebook_and_the_ramps():
+    assert stage_quantization("w4a4", get_profile("smoke"))["codebook"] == "lookup"
+    assert stage_quantization("w4a4", get_profile("smoke", recipe="v1"))["codebook"] == "v1"
+    assert stage_quantization("w4a4", get_profile("smoke", recipe="v1", codebook="uniform"))["codebook"] == "uniform"
+    assert stage_quantization("w4a4_uniform", get_profile("smoke", recipe="v1"))["codebook"] == "uniform"
+    assert stage_quantization("float", get_profile("smoke")) is None
+    with pytest.raises(ValueError, match="recipe"):
+        get_profile("smoke", recipe="v3")
+    model = dambq.convert(build_model("resnet20"))
+    allocator = dambq.BitAllocator(model, 2.0, 2.0, window=(0, 10), **RECIPES["v1"].allocator_args())
+    weights, acts = allocator.kinds
+    assert allocator._ramp(weights, 10) == pytest.approx(0.4) and allocator._ramp(acts, 10) == pytest.approx(0.2)
+    assert allocator._ramp(weights, 0) == pytest.approx(0.01)
+
+
+def test_with_schedule_changes_every_stage():
+    profile = with_schedule(get_profile("paper"), lr=0.1, epochs=7)
+    assert {(c.lr, c.epochs) for c in (profile.float, profile.w4a4, profile.lba)} == {(0.1, 7)}
+    assert profile.float.batch_size == 512
+
+
+def test_every_setting_is_a_flag_and_recorded(tmp_path, capsys):
+    main(["--profile", "smoke", "--stages", "float,w4a4,lba", "--out", str(tmp_path), "--device", "cpu",
+          "--recipe", "v1", "--bits", "3,3", "--epochs", "2", "--lr", "0.02", "--batch-size", "32",
+          "--window", "0,1", "--ramps", "0.5,0.25", "--weight-target", "2.5", "--act-target", "2.5",
+          "--no-progress"])
+    w4a4 = json.loads((tmp_path / "w4a4.json").read_text())
+    assert w4a4["recipe"] == "v1" and w4a4["quantization"] == {
+        "codebook": "v1", "weight_bits": 3, "act_bits": 3, "granularity": "channel"}
+    assert w4a4["schedule"]["lr"] == 0.02 and w4a4["schedule"]["batch_size"] == 32 and w4a4["epochs"] == 2
+    assert w4a4["weight_avg"] == 3.0 and 1 <= w4a4["best_epoch"] <= 2 and w4a4["best_top1"] >= w4a4["top1"] - 1e-9
+    lba = json.loads((tmp_path / "lba-W2.5A2.5.json").read_text())
+    assert lba["window"] == [0, 1] and lba["allocator"]["max_ratio"] == [0.5, 0.25]
+    assert lba["weight_avg"] <= 2.5 and lba["act_avg"] <= 2.5
+    capsys.readouterr()
+    main(["--profile", "smoke", "--evaluate", str(tmp_path / "lba-W2.5A2.5.pt"), "--device", "cpu"])
+    row = json.loads(capsys.readouterr().out)
+    assert row["top1"] == pytest.approx(lba["top1"]) and row["weight_avg"] == pytest.approx(lba["weight_avg"])
+    assert row["arch"] == "resnet20" and row["epochs_trained"] == 2
+
+
+def test_evaluate_refuses_a_checkpoint_that_does_not_say_how_it_was_made(tmp_path):
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"model": build_model("resnet20").state_dict(), "epoch": 0, "meta": {"stage": "w4a4"}})
+    with pytest.raises(ValueError, match="does not record"):
+        evaluate_checkpoint(path, "smoke", data=make_synthetic(32, 32), device="cpu")
+    float_path = tmp_path / "float.pt"
+    torch.manual_seed(0)
+    save_checkpoint(float_path, {"model": build_model("resnet20").state_dict(), "epoch": 4,
+                                 "meta": {"stage": "float", "arch": "resnet20"}})
+    row = evaluate_checkpoint(float_path, "smoke", data=make_synthetic(32, 32), device="cpu")
+    assert row["epochs_trained"] == 5 and "weight_avg" not in row
