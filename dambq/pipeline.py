@@ -303,6 +303,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
                "top1": final["top1"], "test_loss": final["loss"], **best_epoch(history),
                "minutes": (setup_seconds + sum(r["seconds"] for r in history)) / 60,
                "setup_seconds": setup_seconds,
+               "first_epoch_seconds": history[0]["seconds"] if history else None,
                "wall_minutes_this_call": (time.perf_counter() - started) / 60}
     if spec.codebook is not None:
         summary["weight_avg"], summary["act_avg"] = average_bits(model)
@@ -495,12 +496,18 @@ def main(argv: list[str] | None = None) -> None:
     deadline = time.time() + 60 * args.time_budget if args.time_budget is not None else None
     switch = {"auto": None, "on": True, "off": False}
     data = load_data(profile, args.data)
+    first_epoch = 0.0  # seconds of the last stage's first epoch (compilation included): the next one's estimate
     for stage in filter(None, args.stages.split(",")):
+        if deadline is not None and not (out / f"{stage_file(stage, args.weight_target, args.act_target)}.pt").exists() and time.time() + first_epoch > deadline:
+            print(f"time budget spent: {stage} not started (its first epoch would end after the budget); "
+                  f"rerun the same command to continue", flush=True)
+            break
         summary = run_stage(stage, profile, out, data=data, device=args.device, seed=args.seed,
                             weight_target=args.weight_target, act_target=args.act_target,
                             amp=switch[args.amp], compile=switch[args.compile], compile_mode=args.compile_mode,
                             deadline=deadline, progress=not args.no_progress)
         summary.pop("model")
+        first_epoch = max(first_epoch, summary.get("first_epoch_seconds") or 0.0)
         print(json.dumps({k: v for k, v in summary.items() if k != "allocation"}), flush=True)
         if not summary["finished"]:
             print(f"time budget spent: {stage} stopped after {summary['epochs_done']} of {summary['epochs']} "

@@ -184,8 +184,10 @@ class _UniformActQuant(torch.autograd.Function):
     sum (x - Q(x)) * dL/dQ (or, with `track_next`, sum (Q_{b-1} - Q_b) * dL/dQ).
 
     Speed (2 CPU cores, [128, 16, 32, 32]): in-place ops cost ~0.15 ms, a fresh
-    buffer ~0.3-0.5 ms, a boolean mask into `where` ~4 ms; hence multiplications
-    by inverse steps, in-place clamps, and a float mask written by `eq(out=)`."""
+    buffer ~0.3-0.5 ms and more inside backward (its pages fault in), a boolean mask
+    into `where` ~4 ms; hence in-place clamps, a float mask written in place, one
+    buffer reused for the LBA term and the input gradient, and dot products for the
+    clip gradient (results/step-speed.md has the whole-step effect)."""
 
     @staticmethod
     def forward(ctx, x, clip, n, sensitivity, track_next):
@@ -211,22 +213,25 @@ class _UniformActQuant(torch.autograd.Function):
 
         def per_channel(t: Tensor) -> Tensor:
             return t.sum(reduce_dims, keepdim=True)
-        # inside [0, clip] <=> |x - clip/2| <= clip/2; a pruned channel gets -1: never inside
-        half = torch.where(n > 0, clip_ / 2, -1.0)
-        grad_x = (x - half).abs_().le_(half).mul_(grad_y)
-        # d y / d clip = (y - x * inside) / clip: (y - x) / clip inside, 1 above, 0 below;
-        # the two sums are whole-tensor dot products (one pass each, no temporary)
-        grad_clip = (_dot(grad_y, y) - _dot(grad_x, x)) / clip_
+        # one full-size buffer for everything: first the LBA term (if tracked), then grad_x;
+        # a second temporary per layer cost more in fresh pages than in arithmetic on 2 CPU cores
+        buffer = torch.empty_like(x)
         if ctx.sensitivity is not None:
             with torch.no_grad():
                 if ctx.track_next:  # Q at b-1 bits: n' = (n + 1) / 2 - 1 levels above zero
                     n_next = ((n + 1) / 2 - 1).clamp_min(0)
-                    y_next = torch.mul(x, n_next / clip_).clamp_(min=0)
-                    torch.minimum(y_next, n_next, out=y_next).round_().mul_(clip_ / n_next.clamp_min(1))
-                    delta = per_channel(y_next.sub_(y).mul_(grad_y))  # sum g * (Q_{b-1} - Q_b)
+                    torch.mul(x, n_next / clip_, out=buffer).clamp_(min=0)
+                    torch.minimum(buffer, n_next, out=buffer).round_().mul_(clip_ / n_next.clamp_min(1))
+                    buffer.sub_(y)  # Q_{b-1} - Q_b
                 else:
-                    delta = per_channel(torch.sub(x, y).mul_(grad_y))  # sum g * (x - Q_b)
-                ctx.sensitivity.add_(delta.reshape(-1))
+                    torch.sub(x, y, out=buffer)  # x - Q_b
+                ctx.sensitivity.add_(per_channel(buffer.mul_(grad_y)).reshape(-1))
+        # inside [0, clip] <=> |x - clip/2| <= clip/2; a pruned channel gets -1: never inside
+        half = torch.where(n > 0, clip_ / 2, -1.0)
+        grad_x = torch.sub(x, half, out=buffer).abs_().le_(half).mul_(grad_y)
+        # d y / d clip = (y - x * inside) / clip: (y - x) / clip inside, 1 above, 0 below;
+        # the two sums are whole-tensor dot products (one pass each, no temporary)
+        grad_clip = (_dot(grad_y, y) - _dot(grad_x, x)) / clip_
         return grad_x.to(ctx.in_dtype), grad_clip.reshape(clip.shape), None, None, None
 
 

@@ -49,7 +49,7 @@ def fast_bfloat16(device: torch.device) -> bool:
 
     Why check the CPU: with bf16 units a ResNet20 training step runs faster in bf16 autocast,
     float and W4A4 alike; on a CPU without them (AVX2 only) bf16 is emulated and a step is
-    about ten times slower (results/step-speed.md, `python benchmarks/step_speed.py --all`,
+    more than ten times slower (results/step-speed.md, `python benchmarks/step_speed.py --all`,
     names the CPU each number comes from)."""
     if device.type == "cuda":
         return True
@@ -71,8 +71,9 @@ def default_compile(device: torch.device) -> bool:
     """torch.compile by default on CUDA, and on CPUs where bf16 is fast.
 
     Why not on every CPU: on an AVX2-only CPU (AMD EPYC, 2 cores) the compiled fp32 W4A4
-    step measured no faster than eager while compiling costs tens of seconds per stage; on
-    a CPU with bf16 units (and on GPUs) the fused quantizer kernels pay. The table that
+    step was 3% faster in one run and 24% slower in another, while compiling costs 35-60 s
+    per quantized stage; on a CPU with bf16 units (and on GPUs) the fused quantizer kernels
+    paid (the paper-scale issue measured 239 -> 167 ms, bf16 eager -> compiled). The table that
     decides is results/step-speed.md (`python benchmarks/step_speed.py --all`)."""
     return device.type == "cuda" or (device.type == "cpu" and fast_bfloat16(device))
 

@@ -138,3 +138,12 @@ def test_an_unfinished_parent_is_refused_not_used(tmp_path):
         run_stage("w4a4", profile, tmp_path, data=data, device="cpu", progress=False)
     assert run_stage("float", profile, tmp_path, data=data, device="cpu", progress=False)["finished"]
     assert run_stage("w4a4", profile, tmp_path, data=data, device="cpu", progress=False)["finished"]
+
+
+def test_a_stage_whose_first_epoch_would_overrun_the_budget_is_not_started(tmp_path, capsys):
+    from dambq.pipeline import main
+    common = ["--profile", "smoke", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
+    main(["--stages", "float", *common])
+    main(["--stages", "float,w4a4", "--time-budget", "0.0001", *common])  # float reads back; w4a4 would overrun
+    assert "w4a4 not started" in capsys.readouterr().out
+    assert not (tmp_path / "w4a4.pt").exists()

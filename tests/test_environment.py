@@ -1,6 +1,8 @@
-"""environment.yml (conda) and requirements.txt (pip) list the same packages and pins."""
+"""environment.yml (conda), requirements.txt (pip) and pyproject.toml list the same packages."""
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +26,14 @@ def test_conda_and_pip_lists_agree():
     assert pip["torch"] == "2.14.1" and pip["torchvision"] == "0.29.1"
 
 
-def test_required_packages_present():
+def test_pyproject_declares_what_the_setup_installs():
+    """`pip install .[notebooks,test]` and the two-command set-up install the same packages:
+    every name in pyproject's dependencies and extras is in requirements.txt, and back."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    names = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].lower() for d in declared}
     pip = requirement_names((ROOT / "requirements.txt").read_text().splitlines())
-    for name in ("torch", "torchvision", "jupyterlab", "matplotlib", "seaborn", "ipywidgets",
-                 "papermill", "nbval", "pytest", "tqdm", "numpy", "scipy", "pandas"):
-        assert name in pip, name
+    assert names == set(pip), (names ^ set(pip))
+    runtime = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert {"torch", "torchvision", "numpy", "scipy", "pandas", "tqdm", "matplotlib", "seaborn"} <= runtime
