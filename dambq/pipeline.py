@@ -200,6 +200,40 @@ def clip_start(stage: str, profile: Profile, out: Path) -> str | float | None:
     return json.loads(parent_summary.read_text()).get("act_clip_init") if parent_summary.exists() else None
 
 
+def stage_made_with(stage: str, profile: Profile, out: Path, data: Cifar10, seed: int,
+                    weight_target: float | None, act_target: float | None, allocator_args: dict | None) -> dict:
+    """Everything that decides what a stage's checkpoint holds: saved in it, and compared on
+    every resume or read-back so that a result is never relabelled with another recipe.
+
+    Not included: the device, precision and compilation (a run may move between machines)."""
+    spec = STAGES[stage]
+    made = {"stage": stage, "arch": profile.arch, "data": f"{data.source}, {len(data.train_labels)} train / "
+            f"{len(data.test_labels)} test", "seed": seed, "schedule": asdict(getattr(profile, spec.schedule)),
+            "quantization": stage_quantization(stage, profile), "act_clip_init": clip_start(stage, profile, out),
+            "teacher": spec.teacher}
+    if spec.allocate:
+        made.update(targets=[weight_target, act_target], window=list(profile.lba_window),
+                    allocator={**recipe_allocator_args(profile), **(allocator_args or {})})
+    return json.loads(json.dumps(made))  # tuples as lists, as the checkpoint will hold them
+
+
+def check_made_with(checkpoint: Path, made_with: dict) -> None:
+    """Refuse to resume or read back `checkpoint` under another recipe than the one it was made with.
+
+    Raises:
+        ValueError: listing each difference (or saying the checkpoint records none)."""
+    recorded = load_checkpoint(checkpoint).get("meta", {}).get("made_with")
+    if recorded is None:
+        raise ValueError(f"{checkpoint} was written before checkpoints recorded how they were made, so it "
+                         "cannot be checked against this run's settings: move or delete it and rerun the stage")
+    differences = [f"{key}: checkpoint {recorded.get(key)!r}, now {made_with.get(key)!r}"
+                   for key in sorted(set(recorded) | set(made_with)) if recorded.get(key) != made_with.get(key)]
+    if differences:
+        raise ValueError(f"{checkpoint} was made with other settings than this run's; not resuming or reading it "
+                         "back under another label. Use another --out folder, or move the checkpoint away.\n  "
+                         + "\n  ".join(differences))
+
+
 def recipe_allocator_args(profile: Profile) -> dict:
     """BitAllocator keyword arguments of the profile's recipe, with its ramp override."""
     args = RECIPES[profile.recipe].allocator_args()
@@ -267,6 +301,9 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     name = stage_file(stage, weight_target, act_target)
     checkpoint = out / f"{name}.pt"
     resuming = checkpoint.exists()
+    made_with = stage_made_with(stage, profile, out, data, seed, weight_target, act_target, allocator_args)
+    if resuming:
+        check_made_with(checkpoint, made_with)
     started = time.perf_counter()
     torch.manual_seed(seed)  # a fresh float model's initial weights depend on the seed, not the process
     # a resumed or finished stage gets its clips from its checkpoint: no calibration to redo
@@ -289,7 +326,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
                   metrics_csv=out / f"{name}.csv", seed=seed, stage=stage, progress=progress,
                   meta={"stage": stage, "profile": profile.name, "arch": profile.arch,
                         "quantization": stage_quantization(stage, profile), "recipe": profile.recipe,
-                        "setup_seconds": setup_seconds},
+                        "made_with": made_with, "setup_seconds": setup_seconds},
                   on_epoch_end=on_epoch_end, teacher=teacher, amp=amp, compile=compile,
                   compile_mode=compile_mode, deadline=deadline)
     final = evaluate(model, data.test_images, data.test_labels, device_)

@@ -71,9 +71,9 @@ def default_compile(device: torch.device) -> bool:
     """torch.compile by default on CUDA, and on CPUs where bf16 is fast.
 
     Why not on every CPU: on an AVX2-only CPU (AMD EPYC, 2 cores) the compiled fp32 W4A4
-    step was 3% faster in one run and 24% slower in another, while compiling costs 35-60 s
-    per quantized stage; on a CPU with bf16 units (and on GPUs) the fused quantizer kernels
-    paid (the paper-scale issue measured 239 -> 167 ms, bf16 eager -> compiled). The table that
+    step was within noise of eager (faster in one run, slower in another) while compiling
+    costs tens of seconds per quantized stage; with bf16 units (and on GPUs) the fused
+    quantizer kernels paid in the paper-scale issue's measurement. The table that
     decides is results/step-speed.md (`python benchmarks/step_speed.py --all`)."""
     return device.type == "cuda" or (device.type == "cpu" and fast_bfloat16(device))
 

@@ -15,7 +15,7 @@ import dambq
 from dambq.data import make_synthetic
 from dambq.models import build_model
 from dambq.pipeline import run_stage
-from dambq.profiles import StageConfig, get_profile
+from dambq.profiles import StageConfig, get_profile, with_schedule
 from dambq.quantizers import Int8Act, _UniformActQuant
 from dambq.train import fit, load_checkpoint, train_step
 
@@ -147,3 +147,29 @@ def test_a_stage_whose_first_epoch_would_overrun_the_budget_is_not_started(tmp_p
     main(["--stages", "float,w4a4", "--time-budget", "0.0001", *common])  # float reads back; w4a4 would overrun
     assert "w4a4 not started" in capsys.readouterr().out
     assert not (tmp_path / "w4a4.pt").exists()
+
+
+def test_a_finished_stage_is_not_read_back_under_another_recipe(tmp_path):
+    """Train w4a4 with calibrated clips, then ask for it with clips at 3.0 or another lr: refused with
+    the differences listed, never relabelled (the summary used to say 3.0 for calibrated clips)."""
+    profile = get_profile("smoke", train_limit=128, test_limit=64)
+    data = make_synthetic(128, 64)
+    run_stage("float", profile, tmp_path, data=data, device="cpu", progress=False)
+    first = run_stage("w4a4", profile, tmp_path, data=data, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="act_clip_init: checkpoint 'mse', now 3.0"):
+        run_stage("w4a4", get_profile("smoke", train_limit=128, test_limit=64, act_clip_init=3.0), tmp_path,
+                  data=data, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="schedule"):
+        run_stage("w4a4", with_schedule(profile, lr=0.5), tmp_path, data=data, device="cpu", progress=False)
+    assert json.loads((tmp_path / "w4a4.json").read_text())["act_clip_init"] == "mse"  # left as it was
+    again = run_stage("w4a4", profile, tmp_path, data=data, device="cpu", progress=False)
+    assert again["top1"] == first["top1"]
+
+
+def test_a_checkpoint_that_does_not_say_how_it_was_made_is_refused(tmp_path):
+    from dambq.train import save_checkpoint
+    save_checkpoint(tmp_path / "float.pt", {"model": build_model("resnet20").state_dict(), "epoch": 1,
+                                            "meta": {"stage": "float"}})
+    with pytest.raises(ValueError, match="before checkpoints recorded"):
+        run_stage("float", get_profile("smoke"), tmp_path, data=make_synthetic(128, 64), device="cpu",
+                  progress=False)

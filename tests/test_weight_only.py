@@ -8,7 +8,6 @@ from torch import nn
 
 import dambq
 from dambq.convert import quant_layers
-from dambq.data import make_synthetic
 from dambq.models import ConvShortcut, build_model
 from dambq.pipeline import main, run_stage
 from dambq.profiles import get_profile
@@ -46,11 +45,10 @@ def test_weight_only_allocation_lands_on_the_weight_target_and_refuses_an_act_ta
 
 
 def test_weight_only_pipeline_stages_and_the_none_target(tmp_path):
-    profile = get_profile("smoke", train_limit=128, test_limit=64)
-    data = make_synthetic(128, 64)
+    profile = get_profile("smoke")  # the profile's own data, as the command line below loads it
     for stage in ("float", "w4a32"):
-        run_stage(stage, profile, tmp_path, data=data, device="cpu", progress=False)
-    summary = run_stage("lba_a32", profile, tmp_path, data=data, device="cpu", progress=False,
+        run_stage(stage, profile, tmp_path, device="cpu", progress=False)
+    summary = run_stage("lba_a32", profile, tmp_path, device="cpu", progress=False,
                         weight_target=1.0, act_target=None)
     assert summary["weight_avg"] <= 1.0 and summary["act_avg"] == 32.0
     saved = json.loads((tmp_path / "lba_a32-W1.0A-.json").read_text())
