@@ -98,8 +98,7 @@ class BitAllocator:
                              f"activations)), got {min_ratio}, {max_ratio}")
         _check_target("weight_target", weight_target, min_weight_bits, MAX_BITS)
         _check_target("act_target", act_target, min_act_bits, MAX_ACT_BITS)
-        self.window, self.min_ratio = tuple(window), min_ratio
-        self.max_ratio = ratios if ratios[0] != ratios[1] else ratios[0]  # as given: one value or a pair
+        self.window, self.min_ratio, self.max_ratio = tuple(window), min_ratio, ratios  # (weights, activations)
         self.rank_by, self.error = rank_by, error
         self.kinds = [
             _Kind("weight", [l.weight_quant for l in layers],
@@ -159,8 +158,7 @@ class BitAllocator:
     def _ramp(self, kind: _Kind, epoch: int) -> float:
         first, last = self.window
         progress = (epoch - first) / (last - first) if last > first else 1.0
-        ratios = self.max_ratio if isinstance(self.max_ratio, tuple) else (self.max_ratio, self.max_ratio)
-        top = ratios[0] if kind.name == "weight" else ratios[1]
+        top = self.max_ratio[0] if kind.name == "weight" else self.max_ratio[1]
         return self.min_ratio + (top - self.min_ratio) * progress
 
     def _scores(self, kind: _Kind, sums: Tensor, sizes: Tensor) -> Tensor:

@@ -238,8 +238,7 @@ def recipe_allocator_args(profile: Profile) -> dict:
     """BitAllocator keyword arguments of the profile's recipe, with its ramp override."""
     args = RECIPES[profile.recipe].allocator_args()
     if profile.max_ratio is not None:
-        w, a = profile.max_ratio
-        args["max_ratio"] = w if w == a else (w, a)
+        args["max_ratio"] = tuple(profile.max_ratio)
     return args
 
 

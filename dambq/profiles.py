@@ -42,8 +42,7 @@ class Recipe:
 
     def allocator_args(self) -> dict:
         """Keyword arguments for dambq.BitAllocator."""
-        ratio = self.max_ratio[0] if self.max_ratio[0] == self.max_ratio[1] else self.max_ratio
-        return {"max_ratio": ratio, "min_ratio": self.min_ratio, "min_weight_bits": self.min_weight_bits,
+        return {"max_ratio": self.max_ratio, "min_ratio": self.min_ratio, "min_weight_bits": self.min_weight_bits,
                 "min_act_bits": self.min_act_bits}
 
 
