@@ -172,7 +172,8 @@ def main() -> None:
             tar.add(results, arcname=f"results/{results.name}")
             for log in work.glob("*.log"):
                 tar.add(log, arcname=f"lease-logs/{log.name}")
-            tar.add(epoch_md, arcname="lease-logs/epoch-time.md") if epoch_md.exists() else None
+            if epoch_md.exists():
+                tar.add(epoch_md, arcname="lease-logs/epoch-time.md")
             if checkpoints.exists():
                 tar.add(checkpoints, arcname="checkpoints/paper")
         print(f"packed {args.bundle}", flush=True)
