@@ -1,4 +1,4 @@
-"""Drop-in quantized Conv2d and Linear.
+"""Drop-in quantized Conv1d/2d/3d and Linear (nn.MultiheadAttention: `dambq.attention`).
 
 A quantized layer is the float layer plus two small quantizer modules: one for
 its weight (`weight_quant`) and one for its input (`act_quant`). Biases are kept
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .codebook import MAX_BITS
-from .quantizers import MAX_ACT_BITS, DMBQWeight, FloatAct, Int8Act, Int8Weight, UniformAct, _as_bits
+from .quantizers import (MAX_ACT_BITS, DMBQWeight, FloatAct, FloatWeight, Int8Act, Int8Weight, UniformAct,
+                         _as_bits)
 
 GRANULARITIES = ("channel", "layer")
 
@@ -24,8 +25,9 @@ class QuantMixin:
     act_quant: nn.Module
     fixed_8bit: bool
 
-    def _build_quantizers(self, act_channels: int, act_channel_dim: int, weight_bits: int,
-                          act_bits: int | None, granularity: str, codebook: str, fixed_8bit: bool) -> None:
+    def _build_quantizers(self, act_channels: int, act_channel_dim: int, weight_bits: int | None,
+                          act_bits: int | None, granularity: str, codebook: str, fixed_8bit: bool,
+                          act_signed: bool | str = False) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.fixed_8bit, self.granularity = fixed_8bit, granularity
@@ -33,15 +35,16 @@ class QuantMixin:
         if fixed_8bit:
             self.weight_quant = Int8Weight(weight_groups)
             self.act_quant = Int8Act(act_channels) if act_bits is not None else FloatAct(act_channels)
-        elif act_bits is None:  # weight-only (A32): inputs stay float
-            self.weight_quant = DMBQWeight(self.weight, weight_groups, weight_bits, codebook)
+            return
+        # weight-only (act_bits=None, the paper's A32) or activation-only (weight_bits=None)
+        self.weight_quant = FloatWeight(weight_groups) if weight_bits is None else \
+            DMBQWeight(self.weight, weight_groups, weight_bits, codebook)
+        if act_bits is None:
             self.act_quant = FloatAct(act_channels)
-        else:
-            self.weight_quant = DMBQWeight(self.weight, weight_groups, weight_bits, codebook)
-            if granularity == "channel":
-                self.act_quant = UniformAct(act_channels, act_bits, act_channel_dim)
-            else:  # one bit-width for the whole input
-                self.act_quant = UniformAct(1, act_bits, channel_dim=None)
+        else:  # "auto" starts unsigned; calibration switches layers whose inputs go negative
+            self.act_quant = UniformAct(act_channels if granularity == "channel" else 1, act_bits,
+                                        act_channel_dim, signed=act_signed if act_signed != "auto" else False)
+            self.act_quant.auto_sign = act_signed == "auto"
 
     @property
     def weight_bits(self) -> Tensor:
@@ -61,6 +64,9 @@ class QuantMixin:
         if self.fixed_8bit:
             raise ValueError(f"{type(self).__name__} is fixed at 8 bits; its bits cannot be set")
         if weight_bits is not None:
+            if isinstance(self.weight_quant, FloatWeight):
+                raise ValueError(f"{type(self).__name__} was converted activation-only (weight_bits=None): "
+                                 "its weight is float and has no bits to set")
             bits = _as_bits(weight_bits, self.weight_bits.numel(), 0, MAX_BITS, "weight_bits")
             self.weight_quant.bits.copy_(bits)
         if act_bits is not None:
@@ -84,19 +90,25 @@ class QuantMixin:
         return self.weight_quant(self.weight)
 
 
-class QuantConv2d(QuantMixin, nn.Conv2d):
-    """nn.Conv2d with DMBQ weights (one code per output channel) and quantized input."""
+class _QuantConvNd(QuantMixin):
+    """Conv1d/2d/3d with DMBQ weights (one code per output channel) and quantized input."""
+
+    _float: type[nn.modules.conv._ConvNd]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
-                 weight_bits: int = 4, act_bits: int | None = 4, granularity: str = "channel",
-                 codebook: str = "lookup", fixed_8bit: bool = False, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device=device, dtype=dtype)
-        self._build_quantizers(in_channels, 1, weight_bits, act_bits, granularity, codebook, fixed_8bit)
+                 weight_bits: int | None = 4, act_bits: int | None = 4, granularity: str = "channel",
+                 codebook: str = "lookup", fixed_8bit: bool = False, act_signed: bool | str = False,
+                 device=None, dtype=None):
+        self._float.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                             groups, bias, padding_mode, device=device, dtype=dtype)
+        # the channel dim counted from the end: right for batched and unbatched inputs alike
+        channel_dim = -(len(self.kernel_size) + 1)
+        self._build_quantizers(in_channels, channel_dim, weight_bits, act_bits, granularity, codebook,
+                               fixed_8bit, act_signed)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, **quant_args) -> "QuantConv2d":
+    def from_float(cls, conv: nn.Module, **quant_args):
         """A quantized copy of `conv`, weight and bias included."""
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
@@ -108,14 +120,34 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
 
 
+class QuantConv1d(_QuantConvNd, nn.Conv1d):
+    """nn.Conv1d, quantized (see `QuantConv2d`)."""
+
+    _float = nn.Conv1d
+
+
+class QuantConv2d(_QuantConvNd, nn.Conv2d):
+    """nn.Conv2d with DMBQ weights (one code per output channel) and quantized input."""
+
+    _float = nn.Conv2d
+
+
+class QuantConv3d(_QuantConvNd, nn.Conv3d):
+    """nn.Conv3d, quantized (see `QuantConv2d`)."""
+
+    _float = nn.Conv3d
+
+
 class QuantLinear(QuantMixin, nn.Linear):
     """nn.Linear with DMBQ weights (one code per output row) and quantized input."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 weight_bits: int = 4, act_bits: int | None = 4, granularity: str = "channel",
-                 codebook: str = "lookup", fixed_8bit: bool = False, device=None, dtype=None):
+                 weight_bits: int | None = 4, act_bits: int | None = 4, granularity: str = "channel",
+                 codebook: str = "lookup", fixed_8bit: bool = False, act_signed: bool | str = False,
+                 device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self._build_quantizers(in_features, -1, weight_bits, act_bits, granularity, codebook, fixed_8bit)
+        self._build_quantizers(in_features, -1, weight_bits, act_bits, granularity, codebook, fixed_8bit,
+                               act_signed)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **quant_args) -> "QuantLinear":
@@ -128,4 +160,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)
 
 
-QUANT_LAYERS: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+QUANT_LAYERS: dict[type, type] = {nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Conv3d: QuantConv3d,
+                                  nn.Linear: QuantLinear}
+"""Float layer type -> its quantized version (exact types: a subclass may change the forward).
+`dambq.attention` registers nn.MultiheadAttention."""

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .convert import act_channel_sizes, has_quantized_input, quant_layers, weight_group_sizes
+from .convert import act_channel_sizes, has_quantized_input, has_quantized_weight, quant_layers, weight_group_sizes
 from .codebook import MAX_BITS
 from .quantizers import FLOAT_BITS, MAX_ACT_BITS
 
@@ -54,7 +54,7 @@ class _Kind:
         return bits, sizes, torch.cat(self.sums)
 
     def average(self) -> float:
-        if not self.quantizers:  # weight-only: no quantized input
+        if not self.quantizers:  # weight-only (no quantized input) or activation-only
             return float(FLOAT_BITS)
         bits, sizes, _ = self.flat()
         return float((bits * sizes).sum() / sizes.sum())
@@ -101,13 +101,16 @@ class BitAllocator:
         self.window, self.min_ratio, self.max_ratio = tuple(window), min_ratio, ratios  # (weights, activations)
         self.rank_by, self.error = rank_by, error
         self.kinds = [
-            _Kind("weight", [l.weight_quant for l in layers],
-                  [(lambda l=l: weight_group_sizes(l)) for l in layers],
+            _Kind("weight", [l.weight_quant for l in layers if has_quantized_weight(l)],
+                  [(lambda l=l: weight_group_sizes(l)) for l in layers if has_quantized_weight(l)],
                   weight_target, min_weight_bits),
             _Kind("act", [l.act_quant for l in layers if has_quantized_input(l)],
                   [(lambda l=l: act_channel_sizes(l)) for l in layers if has_quantized_input(l)],
                   act_target, min_act_bits),
         ]
+        if weight_target is not None and not self.kinds[0].quantizers:
+            raise ValueError("weight_target is set but every weight is float (converted with weight_bits=None?): "
+                             "pass weight_target=None to allocate activations only")
         if act_target is not None and not self.kinds[1].quantizers:
             raise ValueError("act_target is set but no layer has a quantized input (converted with "
                              "act_bits=None?): pass act_target=None to allocate weights only")
@@ -268,7 +271,8 @@ def bit_report(model: nn.Module) -> pd.DataFrame:
             "weight_groups": w_bits.numel(), "weight_bits_mean": float((w_bits * w_sizes).sum() / w_sizes.sum()),
             "weight_bits_min": int(w_bits.min()), "weight_bits_max": int(w_bits.max()),
             "pruned_groups": int((w_bits == 0).sum()), "weight_size_bits": int((w_bits * w_sizes).sum()),
-            "act_channels": a_bits.numel(), "act_bits_mean": float(a_bits.mean()),
+            "act_channels": a_bits.numel(), "act_sign": getattr(layer.act_quant, "sign_mode", "-"),
+            "act_bits_mean": float(a_bits.mean()),
             "act_bits_min": int(a_bits.min()), "act_bits_max": int(a_bits.max()),
             "pruned_channels": int((a_bits == 0).sum()), "act_size_bits": int((a_bits * a_sizes).sum()),
         })

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert import act_clips, average_bits, calibrate_act_clips, convert
+from .calibrate import calibrate_act_clips
+from .convert import act_clips, average_bits, convert
 from .data import Cifar10, load_cifar10, normalize
 from .lba import BitAllocator, bit_report
 from .quantizers import UniformAct

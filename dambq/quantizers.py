@@ -13,6 +13,8 @@ device and without retaining any gradient; with tracking off it costs nothing.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -20,7 +22,6 @@ from .codebook import MAX_BITS, build_codebook
 
 MAX_ACT_BITS = 8
 FLOAT_BITS = 32  # what an unquantized (A32) input reads as in tables
-TRACK_MODES = (None, "current", "next")
 
 
 def _check_bits(bits: Tensor, low: int, high: int, what: str) -> None:
@@ -30,14 +31,42 @@ def _check_bits(bits: Tensor, low: int, high: int, what: str) -> None:
 
 
 def _as_bits(bits: int | Tensor, size: int, low: int, high: int, what: str) -> Tensor:
-    """A LongTensor of `size` bit-widths from an int or a tensor, range-checked."""
-    bits = torch.as_tensor(bits).long().flatten()
+    """A LongTensor of `size` bit-widths from an int or a tensor, range-checked.
+
+    Raises:
+        ValueError: a non-integer bit-width (2.5 would silently become 2), a value out of
+            low..high, or a count other than 1 or `size`."""
+    bits = torch.as_tensor(bits)
+    if bits.is_floating_point():
+        if not torch.equal(bits, bits.round()):
+            raise ValueError(f"{what} must be whole numbers of bits, got {bits.flatten().tolist()[:8]}")
+    elif bits.dtype == torch.bool:
+        raise ValueError(f"{what} must be whole numbers of bits, got booleans")
+    bits = bits.long().flatten()
     if bits.numel() == 1:
         bits = bits.expand(size).clone()
     if bits.numel() != size:
         raise ValueError(f"{what}: expected 1 or {size} values, got {bits.numel()}")
     _check_bits(bits, low, high, what)
     return bits
+
+
+class _Fp32State(nn.Module):
+    """Keeps a quantizer's parameters and buffers in float32 under `model.half()` /
+    `model.bfloat16()`: clips, ranges and weight statistics are few numbers whose
+    precision decides the levels, and an EMA in half precision stalls (1 + 0.01 * d
+    rounds to 1). Device moves still apply."""
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for table in (self._parameters, self._buffers):
+            for name, t in table.items():
+                if t is not None and t.is_floating_point() and t.dtype != torch.float32:
+                    if isinstance(t, nn.Parameter):
+                        t.data = t.data.float()
+                    else:
+                        table[name] = t.float()
+        return self
 
 
 # ----------------------------------------------------------------------------- weights
@@ -73,7 +102,7 @@ class _SnapToLevels(torch.autograd.Function):
         return grad_w, None, None, None, None
 
 
-class DMBQWeight(nn.Module):
+class DMBQWeight(_Fp32State):
     """Distribution-aware multi-bit binary weight quantizer, one code per group.
 
     Groups are output channels (conv) or rows (linear), or the whole tensor for
@@ -149,7 +178,7 @@ class DMBQWeight(nn.Module):
                 f"{int(b.max())}, codebook={self.codebook}")
 
 
-class Int8Weight(nn.Module):
+class Int8Weight(_Fp32State):
     """Symmetric 8-bit weights (255 levels) scaled by max|w|, for first/last layers.
 
     Why separate: the spec keeps these layers at 8 bits outside the allocation, and
@@ -169,6 +198,28 @@ class Int8Weight(nn.Module):
 
     def extra_repr(self) -> str:
         return "bits=8 (symmetric, max|w|)"
+
+
+class FloatWeight(_Fp32State):
+    """Activation-only quantization (weight_bits=None): the weight passes unchanged.
+
+    Why: measuring what activation quantization alone costs a model (results/model-zoo.md)
+    needs float weights beside quantized inputs; `bits` reads 32 and such layers are left
+    out of the weight average and of weight allocation."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups, self.track = groups, None
+        self.register_buffer("bits", torch.full((groups,), FLOAT_BITS, dtype=torch.long))
+
+    def reset_statistics(self, weight: Tensor) -> None:
+        """Nothing to reset."""
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight
+
+    def extra_repr(self) -> str:
+        return "float weights (activation-only quantization)"
 
 
 # ------------------------------------------------------------------------- activations
@@ -258,45 +309,171 @@ def _uniform_levels(x: Tensor, clip: Tensor, n: Tensor) -> Tensor:
     return y.round_().mul_(clip.to(x.dtype) / n.clamp_min(1))  # the step; no 1/0 when n = 0
 
 
-class UniformAct(nn.Module):
-    """Unsigned uniform activation quantizer with a learnable clip per layer.
+class _SignedActQuant(torch.autograd.Function):
+    """y = low + round(clamp((x - low) / step, 0, n)) * step, step = (high - low) / n per channel.
 
-    Bits are held per input channel (0 bits prunes the channel). The clip starts
-    at 3.0 as in the spec. `positions` records how many values one image gives
-    each channel (H*W) at the last forward: the size weight of that channel in the
-    average bit-width."""
+    The signed (asymmetric) form of `_UniformActQuant` for inputs that go negative (SiLU,
+    GELU, Tanh, residual streams, attention): 2^b levels from `low` to `high`, so a b-bit
+    channel still costs b bits. n = 0 prunes the channel (output 0). Gradients, with round
+    treated as identity: straight-through for x inside [low, high]; dy/dhigh = (y - x) /
+    (high - low) inside and 1 above; dy/dlow = -(y - x) / (high - low) inside and 1 below.
+    Sensitivity tracking as in `_UniformActQuant`. Written as plain ops: it runs on the
+    models that need it, not on the ReLU ResNets whose step time is benchmarked."""
 
-    def __init__(self, channels: int, bits: int | Tensor = 4, channel_dim: int | None = 1,
-                 init_clip: float = 3.0):
+    @staticmethod
+    def forward(ctx, x, low, high, n, sensitivity, track_next):
+        y = _signed_levels(x.float(), low, high, n)
+        ctx.save_for_backward(x, low, high, n)
+        ctx.sensitivity, ctx.track_next, ctx.in_dtype = sensitivity, track_next, x.dtype
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, low, high, n = ctx.saved_tensors
+        x, grad_y = x.float(), grad_y.float()
+        lo, hi = low.float(), high.float()
+        y = _signed_levels(x, lo, hi, n)
+        reduce_dims = [d for d, s in enumerate(n.shape) if s == 1]
+        if ctx.sensitivity is not None:
+            with torch.no_grad():
+                if ctx.track_next:
+                    other = _signed_levels(x, lo, hi, ((n + 1) // 2 - 1).clamp_min(0)) - y
+                else:
+                    other = x - y
+                ctx.sensitivity.add_((other * grad_y).sum(reduce_dims, keepdim=True).reshape(-1))
+        live = n > 0
+        inside = (x >= lo) & (x <= hi) & live
+        span = (hi - lo).clamp_min(1e-8)
+        grad_x = grad_y * inside
+        inner = (grad_x * (y - x)).sum() / span
+        grad_high = inner + (grad_y * ((x > hi) & live)).sum()
+        grad_low = -inner + (grad_y * ((x < lo) & live)).sum()
+        return (grad_x.to(ctx.in_dtype), grad_low.reshape(low.shape).to(low.dtype),
+                grad_high.reshape(high.shape).to(high.dtype), None, None, None)
+
+
+def _signed_levels(x: Tensor, low: Tensor, high: Tensor, n: Tensor) -> Tensor:
+    """low + round(clamp((x - low) / step, 0, n)) * step, 0 where n = 0 (fp32 x)."""
+    n = n.to(x.dtype)
+    step = (high - low).clamp_min(1e-8) / n.clamp_min(1)
+    y = ((x - low) / step).clamp_(min=0)
+    torch.minimum(y, n, out=y)
+    return (y.round_().mul_(step).add_(low)).mul_(n > 0)
+
+
+SIGN_MODES = {"unsigned": 0, "asymmetric": 1, "symmetric": 2}
+
+
+class UniformAct(_Fp32State):
+    """Uniform activation quantizer with learnable clip(s), unsigned or signed.
+
+    Unsigned (inputs after ReLU, the paper's case): 2^b levels on [0, act_clip]. Signed
+    (inputs that go negative): 2^b levels on [act_low, act_clip], both learnable
+    ("asymmetric", the default: SiLU and GELU inputs reach only about -0.3 below zero, so a
+    symmetric range would waste most of its negative levels; results/model-zoo.md compares
+    the two), or on [-act_clip, act_clip] ("symmetric"). `dambq.calibrate_act_clips` makes a
+    quantizer signed when it sees negative inputs (convert's act_signed="auto").
+
+    Bits are held per input channel (0 bits prunes the channel), or one for the whole input
+    (channels=1). `channel_dim` counts from the end (-3 for Conv2d, -1 for Linear) so that
+    an unbatched (C, H, W) input is read correctly. `positions` records how many values one
+    image gives each channel at the last forward: the size weight of that channel in the
+    average bit-width.
+
+    Example:
+        >>> q = UniformAct(channels=2, bits=2, channel_dim=-3, init_clip=3.0)
+        >>> q(torch.tensor([[[[-1.0]], [[1.2]]]])).flatten().tolist()
+        [0.0, 1.0]
+        >>> q.make_signed(low=-3.0)
+        >>> q(torch.tensor([[[[-1.0]], [[1.2]]]])).flatten().tolist()
+        [-1.0, 1.0]
+    """
+
+    def __init__(self, channels: int, bits: int | Tensor = 4, channel_dim: int | None = -3,
+                 init_clip: float = 3.0, signed: bool | str = False):
         super().__init__()
         self.channels, self.channel_dim = channels, channel_dim
         self.track: str | None = None
+        self.sign_mode = "unsigned"
         self.act_clip = nn.Parameter(torch.tensor(float(init_clip)))
         self.register_buffer("bits", _as_bits(bits, channels, 0, MAX_ACT_BITS, "act_bits"))
         self.register_buffer("positions", torch.ones((), dtype=torch.long))
         # set by a BitAllocator; buffers (not saved) so that they follow model.to(device)
         self.register_buffer("step_sensitivity", None, persistent=False)
         self.register_buffer("sensitivity_sum", None, persistent=False)
+        if signed:
+            self.make_signed(symmetric=signed == "symmetric")
+
+    @property
+    def signed(self) -> bool:
+        return self.sign_mode != "unsigned"
+
+    def make_signed(self, low: float | None = None, high: float | None = None, symmetric: bool = False) -> None:
+        """Switch to the signed quantizer, optionally setting its range (low ignored if symmetric).
+
+        Call before the optimizer is built: the asymmetric form adds a parameter (act_low)."""
+        mode = "symmetric" if symmetric else "asymmetric"
+        if self.signed and mode != self.sign_mode:
+            raise ValueError(f"quantizer is already {self.sign_mode}; cannot make it {mode}")
+        self.sign_mode = mode
+        if "sign" not in self._buffers:
+            self.register_buffer("sign", torch.tensor(SIGN_MODES[mode]))
+        clip = self.act_clip.detach()
+        if high is not None:
+            clip.fill_(float(high))
+        if not symmetric:
+            if not hasattr(self, "act_low") or self.act_low is None:
+                self.act_low = nn.Parameter(-clip.clone())
+            if low is not None:
+                self.act_low.detach().fill_(float(low))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a signed checkpoint loads into a freshly converted (unsigned) model: switch first
+        sign = state_dict.get(prefix + "sign")
+        if sign is not None and not self.signed:
+            self.make_signed(symmetric=int(sign) == SIGN_MODES["symmetric"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def range(self) -> tuple[Tensor, Tensor]:
+        """(low, high) of the levels: low is 0 unsigned, -act_clip symmetric, act_low asymmetric."""
+        if self.sign_mode == "asymmetric":
+            return self.act_low, self.act_clip
+        if self.sign_mode == "symmetric":
+            return -self.act_clip, self.act_clip
+        return torch.zeros_like(self.act_clip), self.act_clip
 
     def forward(self, x: Tensor) -> Tensor:
         channel_shape = [1] * x.dim()
-        if self.channel_dim is not None:  # None: one bit-width for the whole tensor
+        if self.channel_dim is None:  # legacy: one bit-width, the batch in dim 0
+            per_image = x[0].numel() if x.dim() > 1 else x.numel()
+        else:
             dim = self.channel_dim % x.dim()
-            if x.shape[dim] != self.channels:
-                raise ValueError(f"expected {self.channels} channels in dim {dim}, got shape {tuple(x.shape)}")
-            channel_shape[dim] = self.channels
-        self.positions.fill_(x[0].numel() // self.channels)
+            if self.channel_dim < -x.dim():
+                raise ValueError(f"expected an input with a channel dim {self.channel_dim}, got shape "
+                                 f"{tuple(x.shape)}")
+            # an image is everything from the channel dim on (conv) or all but dim 0 (linear)
+            first = dim if dim < x.dim() - 1 else min(1, x.dim() - 1)
+            per_image = math.prod(x.shape[first:])
+            if self.channels > 1:
+                if x.shape[dim] != self.channels:
+                    raise ValueError(f"expected {self.channels} channels in dim {dim}, got shape {tuple(x.shape)}")
+                channel_shape[dim] = self.channels
+        self.positions.fill_(max(1, per_image // self.channels))
         sensitivity = self.step_sensitivity if self.track and torch.is_grad_enabled() else None
         n_levels = (2 ** self.bits - 1).view(channel_shape)
+        if self.signed:
+            low, high = self.range()
+            return _SignedActQuant.apply(x, low, high, n_levels, sensitivity, self.track == "next")
         return _UniformActQuant.apply(x, self.act_clip, n_levels, sensitivity, self.track == "next")
 
     def extra_repr(self) -> str:
         b = self.bits.float()
+        low, high = (float(t.detach()) for t in self.range())
         return (f"channels={self.channels}, bits(mean/min/max)={b.mean():.2f}/{int(b.min())}/"
-                f"{int(b.max())}, act_clip={float(self.act_clip.detach()):.3f}")
+                f"{int(b.max())}, {self.sign_mode}, range=[{low:.3f}, {high:.3f}]")
 
 
-class FloatAct(nn.Module):
+class FloatAct(_Fp32State):
     """Weight-only quantization (A32): the input passes unchanged.
 
     Why a module rather than nothing: every quantized layer then has the same parts; `bits`
@@ -317,13 +494,13 @@ class FloatAct(nn.Module):
         return "float input (weight-only quantization)"
 
 
-class Int8Act(nn.Module):
+class Int8Act(_Fp32State):
     """8-bit asymmetric input quantizer with a tracked range, for first/last layers.
 
     The range [low, high] is an EMA of batch min/max during training, saved in
     buffers; evaluation uses only the stored range, never the current batch (V2's
-    last layer used the batch max). Until a training step has tracked a range the
-    input passes through unquantized."""
+    last layer used the batch max). Until a training step or `dambq.calibrate_act_clips`
+    has tracked a range the input passes through unquantized."""
 
     def __init__(self, channels: int, momentum: float = 0.01):
         super().__init__()
@@ -334,15 +511,29 @@ class Int8Act(nn.Module):
         self.register_buffer("tracked", torch.zeros((), dtype=torch.bool))
         self.register_buffer("positions", torch.ones((), dtype=torch.long))
 
+    @torch.no_grad()
+    def observe(self, x: Tensor, momentum: float | None = None) -> None:
+        """Move the range towards x's finite min/max (the first observation sets it).
+
+        Non-finite values are left out, and a batch without finite values changes nothing:
+        one inf would otherwise make the range infinite and every later output NaN. No host
+        synchronisation (the update is a `where`)."""
+        xf = x.detach().float()
+        finite = torch.isfinite(xf)
+        low = torch.where(finite, xf, torch.inf).amin()
+        high = torch.where(finite, xf, -torch.inf).amax()
+        ok = torch.isfinite(low) & torch.isfinite(high)
+        weight = torch.where(self.tracked, self.momentum if momentum is None else momentum, 1.0)
+        weight = torch.where(ok, weight, 0.0)
+        self.low.lerp_(torch.where(ok, low, self.low), weight)
+        self.high.lerp_(torch.where(ok, high, self.high), weight)
+        self.tracked.logical_or_(ok)
+
     def forward(self, x: Tensor) -> Tensor:
-        self.positions.fill_(x[0].numel() // self.channels)
+        self.positions.fill_(max(1, (x[0].numel() if x.dim() > 1 else x.numel()) // self.channels))
         if self.training:
             with torch.no_grad():
-                low, high = x.detach().min().float(), x.detach().max().float()
-                weight = torch.where(self.tracked, self.momentum, 1.0)
-                self.low.lerp_(low, weight)
-                self.high.lerp_(high, weight)
-                self.tracked.fill_(True)
+                self.observe(x)
         xf = x.float()  # 255 levels need more than bf16's 8-bit mantissa: round in fp32
         step = (self.high - self.low).clamp_min(1e-8) / 255
         q = ((xf.clamp(self.low, self.high) - self.low) / step).round() * step + self.low

@@ -1,6 +1,7 @@
 """Conversion tests: any model converts and trains, 8-bit first/last layers, biases,
 granularity, batch independence, state_dict round trip, average bits, errors."""
 
+import copy
 import io
 
 import pytest
@@ -443,7 +444,7 @@ def brute_force_clip(values: torch.Tensor, bits: int, clips: torch.Tensor) -> fl
 
 
 def test_mse_clip_cuts_outliers_and_matches_a_brute_force_search():
-    from dambq.convert import mse_clip
+    from dambq.calibrate import mse_clip
     gen = torch.Generator().manual_seed(0)
     values = torch.relu(torch.randn(100_000, generator=gen))
     values[0] = 40.0  # one outlier: clipping at the max would waste almost every level
@@ -457,27 +458,33 @@ def test_mse_clip_cuts_outliers_and_matches_a_brute_force_search():
 
 
 def test_calibrate_act_clips_sets_each_layer_from_its_own_input():
-    from dambq.convert import mse_clip
-    from dambq.quantizers import UniformAct
+    from dambq.calibrate import mse_clip
+    from dambq.quantizers import Int8Act, UniformAct
     torch.manual_seed(0)
     model = convert(build_model("resnet20"), weight_bits=3, act_bits=3)
     images = torch.randn(40, 3, 32, 32)
     clips = dambq.calibrate_act_clips(model, images, batch_size=16)
     names = [n for n, m in model.named_modules() if isinstance(m, UniformAct)]
-    assert list(clips) == names and len(names) == 20  # 18 block convs and 2 shortcut convs
+    assert list(clips) == [n.removesuffix(".act_quant") for n in names] and len(names) == 20  # 18 block convs and 2 shortcut convs
     assert model.training  # the mode it was in is restored
-    # the last layer was calibrated after all earlier ones: its clip is the MSE clip of the
-    # input it sees now (sub-sampling only starts above 200k values; this input has fewer)
-    last = model.get_submodule(names[-1])
+    # one pass: each clip is the MSE clip of the layer's input in the converted network with
+    # every input quantizer passing its input on (quantized weights, float activations;
+    # sub-sampling only starts above 200k values, and this input has fewer)
+    reference = copy.deepcopy(model).eval()
+    for m in reference.modules():
+        if isinstance(m, (UniformAct, Int8Act)):
+            m.forward = lambda x: x
+    last_name = names[-1].removesuffix(".act_quant")
     seen = []
-    hook = last.register_forward_pre_hook(lambda _, args: seen.append(args[0].flatten()))
-    model.eval()
+    hook = reference.get_submodule(names[-1]).register_forward_pre_hook(lambda _, args: seen.append(args[0].flatten()))
     with torch.no_grad():
         for start in range(0, 40, 16):
-            model(images[start:start + 16])
+            reference(images[start:start + 16])
     hook.remove()
+    last = model.get_submodule(names[-1])
     assert float(last.act_clip.detach()) == pytest.approx(mse_clip(torch.cat(seen), 3), rel=1e-5)
-    assert float(last.act_clip.detach()) == pytest.approx(clips[names[-1]])
+    assert float(last.act_clip.detach()) == pytest.approx(clips[last_name])
+    assert not any(m.signed for m in model.modules() if isinstance(m, UniformAct))  # ReLU inputs stay unsigned
     with pytest.raises(ValueError, match="convert"):
         dambq.calibrate_act_clips(build_model("resnet20"), images)
 
