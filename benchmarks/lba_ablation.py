@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import dambq
-from dambq.data import batches, load_cifar10
+from dambq.batches import batches
+from dambq.data import load_cifar10
 from dambq.models import build_model
 from dambq.pipeline import device_name
 from dambq.train import evaluate, load_checkpoint

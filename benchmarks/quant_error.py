@@ -23,7 +23,6 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="runs/quick/float.pt")
     parser.add_argument("--out", default="results/quant-error")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     state = load_checkpoint(args.checkpoint)
     model = build_model(state["meta"].get("arch", "resnet20"))
     model.load_state_dict(state["model"])

@@ -73,7 +73,7 @@ def levels_from_coefs(coefs: tuple[float, ...] | np.ndarray) -> np.ndarray:
     return np.sort(signs @ coefs)
 
 
-def shape_statistic(beta: float | np.ndarray) -> np.ndarray:
+def shape_stat_of_beta(beta: float | np.ndarray) -> np.ndarray:
     """mean|x| / rms(x) of a generalized Gaussian of shape beta.
 
     Why: it is scale free, cheap to compute per weight group, and strictly
@@ -93,11 +93,66 @@ def gennorm_quantile_points(beta: float, n: int = 40_000) -> np.ndarray:
     return x / np.abs(x).mean()
 
 
+def snap_index(x, levels):
+    """Index of the nearest level for every value of `x` (a tie goes to the lower level).
+
+    The one home of nearest-level snapping: quantizers, analysis and plots all call it.
+    `levels` are sorted: [L], shared by every value, or [G, L], one row of levels per row of
+    `x` [G, n] (torch). Works on numpy arrays and torch tensors alike.
+
+    Example:
+        >>> snap_index(np.array([-0.9, 0.1, 0.5, 0.6]), np.array([-1.0, 0.0, 1.0])).tolist()
+        [0, 1, 1, 2]
+    """
+    thresholds = (levels[..., 1:] + levels[..., :-1]) / 2
+    if isinstance(x, np.ndarray):
+        return np.searchsorted(thresholds, x)
+    return torch.searchsorted(thresholds.contiguous(), x.contiguous())
+
+
+def snap(x, levels):
+    """The nearest level for every value of `x` (see `snap_index`).
+
+    Example:
+        >>> snap(torch.tensor([[0.4, 0.8], [0.4, 0.8]]), torch.tensor([[0.0, 1.0], [0.0, 0.5]])).tolist()
+        [[0.0, 1.0], [0.5, 0.5]]
+    """
+    index = snap_index(x, levels)
+    if isinstance(x, np.ndarray) or levels.dim() == 1:
+        return levels[index]
+    return torch.gather(levels, 1, index)
+
+
 def quantize_to_levels(x: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest level of every sample: (index, value). Levels must be sorted."""
-    thresholds = (levels[1:] + levels[:-1]) / 2
-    index = np.searchsorted(thresholds, x)
+    index = snap_index(x, levels)
     return index, levels[index]
+
+
+def shape_statistic(w):
+    """(mean|w|, mean|w| / rms(w)) of every row of `w` [G, n] (torch or numpy).
+
+    The one home of DMBQ's shape statistic: it is monotone in the generalized-Gaussian
+    shape beta (`shape_stat_of_beta`), so it picks each group's code-book entry.
+
+    Example:
+        >>> shape_statistic(np.array([[1.0, -1.0, 1.0, -1.0]]))[1].tolist()   # two-valued: the maximum, 1
+        [1.0]
+    """
+    if isinstance(w, np.ndarray):
+        mean_abs = np.abs(w).mean(-1)
+        return mean_abs, mean_abs / np.maximum(np.sqrt((w ** 2).mean(-1)), 1e-12)
+    mean_abs = w.abs().mean(-1)
+    return mean_abs, mean_abs / w.pow(2).mean(-1).sqrt().clamp_min(1e-12)
+
+
+def unit_weights(groups) -> np.ndarray:
+    """Every group (row) scaled to mean|w| = 1 and pooled: the units DMBQ's code-books live in.
+
+    `groups`: tensors [G, n] (a list, or a mapping of layer name to tensor)."""
+    groups = groups.values() if hasattr(groups, "values") else groups
+    return torch.cat([(w / w.abs().mean(1, keepdim=True).clamp_min(1e-12)).flatten()
+                      for w in groups]).double().numpy()
 
 
 def fit_multibit(x: np.ndarray, bits: int, init: np.ndarray | None = None,
@@ -196,7 +251,7 @@ class Codebook:
 
     def entry(self, beta: float) -> int:
         """Index of the table entry nearest to shape beta (in the statistic)."""
-        stat = float(shape_statistic(beta))
+        stat = float(shape_stat_of_beta(beta))
         return int(torch.bucketize(torch.tensor(stat, dtype=torch.float64), self.shape_edges))
 
     def pick(self, shape_stat: torch.Tensor) -> torch.Tensor:
@@ -218,7 +273,7 @@ def _make_codebook(name: str, betas: tuple[float, ...], table: dict) -> Codebook
         lv = levels_from_coefs(a)
         padded = np.concatenate([lv, np.full(MAX_LEVELS - lv.size, lv[-1])])
         levels[bits, j] = torch.from_numpy(padded)
-    stat = shape_statistic(np.array(betas))
+    stat = shape_stat_of_beta(np.array(betas))
     edges = torch.from_numpy((stat[1:] + stat[:-1]) / 2) if n > 1 else torch.zeros(0, dtype=torch.float64)
     return Codebook(name, tuple(betas), coefs.float(), clip.float(), levels.float(), edges.float())
 

@@ -167,10 +167,7 @@ def _resolve_keep_8bit(targets: list[tuple[str, nn.Module]], keep_8bit) -> set[s
     if keep_8bit is None:
         return set()
     if keep_8bit == "auto":
-        convs = [n for n, m in targets if isinstance(m, nn.Conv2d)]
-        linears = [n for n, m in targets if isinstance(m, nn.Linear)]
-        keep = {convs[0] if convs else names[0], linears[-1] if linears else names[-1]}
-        return keep if len(names) > 1 else set()
+        return paper_8bit_layers(targets)
     if isinstance(keep_8bit, str):
         raise ValueError(f"keep_8bit must be 'auto', None or a list of module names, got {keep_8bit!r}")
     missing = [n for n in keep_8bit if n not in names]
@@ -178,6 +175,33 @@ def _resolve_keep_8bit(targets: list[tuple[str, nn.Module]], keep_8bit) -> set[s
         raise ValueError(f"keep_8bit names {missing} are not convertible modules of this model; "
                          f"choose from {names}")
     return set(keep_8bit)
+
+
+def paper_8bit_layers(layers: nn.Module | list[tuple[str, nn.Module]]) -> set[str]:
+    """Names of the layers the paper keeps at 8 bits: the first conv and the last linear (in
+    registration order; the first and last layer where there is no conv or no linear; none
+    in a one-layer model). The one home of this rule: conversion, analysis and plots use it.
+
+    Args:
+        layers: a model (a converted one answers from its layers), or the (name, layer) list of
+            a float model's convertible layers.
+
+    Example:
+        >>> sorted(paper_8bit_layers(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(),
+        ...                                        nn.Linear(64, 10))))
+        ['0', '3']
+    """
+    if isinstance(layers, nn.Module):
+        converted = list(quant_layers(layers, include_8bit=True))
+        if converted:  # a converted model says which layers it keeps
+            return {n for n, layer in converted if layer.fixed_8bit}
+        layers = [(n, m) for n, m in layers.named_modules() if type(m) in QUANT_LAYERS]
+    names = [n for n, _ in layers]
+    if len(names) < 2:
+        return set()
+    convs = [n for n, m in layers if isinstance(m, nn.modules.conv._ConvNd)]
+    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
+    return {convs[0] if convs else names[0], linears[-1] if linears else names[-1]}
 
 
 def quant_layers(model: nn.Module, include_8bit: bool = False) -> Iterator[tuple[str, QuantMixin]]:

@@ -21,12 +21,13 @@ from torch import nn
 
 from .calibrate import calibrate_act_clips
 from .convert import act_clips, average_bits, convert
-from .data import Cifar10, load_cifar10, normalize
+from .batches import normalize
+from .data import Cifar10, load_cifar10
 from .lba import BitAllocator, bit_report
 from .quantizers import UniformAct
 from .models import build_model
-from .profiles import RECIPES, Profile, get_profile, with_schedule
-from .train import evaluate, fit, load_checkpoint, resolve_device
+from .profiles import RECIPES, Profile, get_profile, target_label, with_schedule
+from .train import Distillation, evaluate, fit, load_checkpoint, resolve_device
 
 
 RECIPE = "recipe"    # a Stage's code-book: the profile's recipe's
@@ -88,14 +89,7 @@ def stage_file(stage: str, weight_target: float | None = 2.0, act_target: float 
     checkpoint they start from) without reading back each other's results."""
     if not STAGES[stage].allocate or (weight_target, act_target) == (2.0, 2.0):
         return stage
-    return f"{stage}-W{_bits_label(weight_target)}A{_bits_label(act_target)}"
-
-
-def _bits_label(target: float | None) -> str:
-    """2 -> "2.0", 1.25 -> "1.25", None -> "-" (that kind is not allocated)."""
-    if target is None:
-        return "-"
-    return f"{target:.1f}" if float(target).is_integer() or round(target, 1) == target else f"{target:.2f}"
+    return f"{stage}-{target_label(weight_target, act_target)}"
 
 
 def device_name(device: torch.device) -> str:
@@ -318,16 +312,17 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     if spec.allocate:
         allocator = BitAllocator(model, weight_target=weight_target, act_target=act_target, window=profile.lba_window,
                                  **{**recipe_allocator_args(profile), **(allocator_args or {})})
-    teacher = None
+    loss_fn = None
     if spec.teacher is not None:
         teacher = build_model(profile.arch)
         teacher.load_state_dict(load_checkpoint(out / f"{spec.teacher}.pt", map_location="cpu")["model"])
+        loss_fn = Distillation(teacher)
     history = fit(model, data, cfg, device=device_, allocator=allocator, checkpoint=checkpoint,
                   metrics_csv=out / f"{name}.csv", seed=seed, stage=stage, progress=progress,
                   meta={"stage": stage, "profile": profile.name, "arch": profile.arch,
                         "quantization": stage_quantization(stage, profile), "recipe": profile.recipe,
                         "made_with": made_with, "setup_seconds": setup_seconds},
-                  on_epoch_end=on_epoch_end, teacher=teacher, amp=amp, compile=compile,
+                  on_epoch_end=on_epoch_end, loss_fn=loss_fn, amp=amp, compile=compile,
                   compile_mode=compile_mode, deadline=deadline)
     final = evaluate(model, data.test_images, data.test_labels, device_)
     summary = {"stage": stage, "description": spec.description, "profile": profile.name,
@@ -393,68 +388,9 @@ def evaluate_checkpoint(path: str | Path, profile: Profile | str = "quick", data
 
 
 def _recorded_setup_seconds(checkpoint: Path, default: float) -> float:
-    """The setup seconds the stage's first call recorded: in its checkpoint's meta, or for a
-    checkpoint written before the meta held them, in the stage summary beside it; else `default`."""
+    """The setup seconds the stage's first call recorded in its checkpoint's meta, else `default`."""
     recorded = load_checkpoint(checkpoint).get("meta", {}).get("setup_seconds")
-    summary = checkpoint.with_suffix(".json")
-    if recorded is None and summary.exists():
-        recorded = json.loads(summary.read_text()).get("setup_seconds")
     return default if recorded is None else recorded
-
-
-def _short(value: str) -> str:
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return value if number.is_integer() else f"{number:.3f}"
-
-
-def write_report(out: str | Path, path: str | Path, command: str) -> str:
-    """Markdown of every finished stage in `out` (one row each, profile, data and device
-    named per row), the allocation per epoch and the per-layer bits of LBA runs.
-
-    Why generated: every number in results/ must come from a command anyone can rerun."""
-    out = Path(out)
-    summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-    if not summaries:
-        raise FileNotFoundError(f"no stage summaries (*.json) in {out}")
-    order = {name: i for i, name in enumerate(STAGES)}
-    summaries.sort(key=lambda s: order.get(s["stage"], len(order)))
-    lines = [f"# Results: {out}", "", f"Command: `{command}`", "",
-             "| stage | what | network | profile | data | device | training precision | act clips started | epochs "
-             "| top-1 (%) | W avg | A avg | minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s in summaries:
-        bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
-        # summaries written before act_clip_init existed: their quantized stages started at the spec's 3.0
-        clips = s.get("act_clip_init", 3.0 if "weight_avg" in s else None) or "-"
-        lines.append(f"| {s['stage']} | {s['description']} | {s.get('arch', '?')} | {s['profile']} | {s['data']} | "
-                     f"{s['device']} | "
-                     f"{s.get('precision', 'fp32')} | {clips} | {s['epochs']} | "
-                     f"{s['top1']:.2f} | {bits} | {s['minutes']:.1f} |")
-    chain = [s for s in summaries if s["stage"] in ("float", "w4a4")
-             or (s["stage"] == "lba" and s.get("targets") == [2.0, 2.0])]
-    if len(chain) == 3:
-        lines += ["", "The paper's pipeline float -> W4A4 -> W2.0A2.0 (stages float, w4a4, lba) took "
-                  f"{sum(s['minutes'] for s in chain):.1f} min of conversion, training and evaluation."]
-    for s in summaries:
-        if "allocation" not in s:
-            continue
-        w, a = s["targets"]
-        lines += ["", f"## Allocation per epoch ({s['stage']}, targets W{_bits_label(w)}A{_bits_label(a)}, window {s.get('window', '')})", "",
-                  "| epoch | W avg | A avg | weight decrements | activation decrements |", "|---|---|---|---|---|"]
-        lines += [f"| {r['epoch']} | {r['weight_avg']:.4f} | {r['act_avg']:.4f} | {r['weight_lowered']} | "
-                  f"{r['act_lowered']} |" for r in s["allocation"]]
-        bits_csv = out / f"{stage_file(s['stage'], w, a)}-bits.csv"
-        if bits_csv.exists():
-            rows = [line.split(",") for line in bits_csv.read_text().splitlines()]
-            lines += ["", "Per-layer bits at the end (`dambq.bit_report`):", "",
-                      "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-            lines += ["| " + " | ".join(_short(v) for v in row) + " |" for row in rows[1:]]
-    text = "\n".join(lines) + "\n"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
-    return text
 
 
 def _target(text: str) -> float | None:
@@ -528,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or f"runs/{profile.name}")
     if args.report:
         command = f"python -m dambq.pipeline --profile {profile.name} --out {out} --report {args.report}"
+        from .report import write_report  # the report reads this module's stages
         print(write_report(out, args.report, command))
         return
     deadline = time.time() + 60 * args.time_budget if args.time_budget is not None else None

@@ -31,8 +31,10 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 from torch import Tensor, nn
 
-from .analysis import lloyd_max
-from .codebook import build_codebook, shape_statistic
+from .analysis import LAW_LABELS, fit_laws, law_fit_table, layer_weights, lloyd_max  # noqa: F401 (plots.* names)
+from .analysis import as_numpy as _numpy, subsample as _subsample
+from .codebook import shape_stat_of_beta, shape_statistic, snap, unit_weights
+from .quantizers import DMBQWeight
 
 ArrayLike = Tensor | np.ndarray | Sequence[float]
 Metrics = pd.DataFrame | str | Path | Sequence[Mapping[str, Any]]
@@ -70,7 +72,6 @@ LABELS: dict[str, str] = {
     "gennorm": "gen. Gaussian", "gaussian": "Gaussian", "norm": "Gaussian",
     "weight": "weights", "act": "activations",
 }
-LAW_LABELS = {"laplace": "Laplace", "gaussian": "Gaussian", "gennorm": "gen. Gaussian"}
 PRUNED_COLOR = "#c0392b"
 MISSING_COLOR = "#f0f0f0"
 
@@ -105,58 +106,7 @@ def save(fig: Figure, name: str, figures_dir: str | Path = "figures", dpi: int =
 
 # ----------------------------------------------------------------------------- data helpers
 
-def _numpy(x: ArrayLike) -> np.ndarray:
-    if isinstance(x, Tensor):
-        return x.detach().double().cpu().flatten().numpy()
-    return np.asarray(x, dtype=np.float64).ravel()
-
-
-def layer_weights(model: nn.Module, skip_first_last: bool = True) -> dict[str, Tensor]:
-    """{layer name: [G, n] weights} of the convs/linears that DMBQ quantizes (first/last stay 8-bit)."""
-    named = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if skip_first_last:
-        named = named[1:-1]
-    return {n: m.weight.detach().float().reshape(m.weight.shape[0], -1).cpu() for n, m in named}
-
-
-def pooled_unit_weights(layers: Mapping[str, Tensor] | Sequence[Tensor]) -> np.ndarray:
-    """Every group scaled to mean|w| = 1, pooled: the units DMBQ's code-books live in."""
-    groups = layers.values() if isinstance(layers, Mapping) else layers
-    return torch.cat([(w / w.abs().mean(1, keepdim=True).clamp_min(1e-12)).flatten()
-                      for w in groups]).double().numpy()
-
-
-def _subsample(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    if x.size <= n:
-        return x
-    return np.random.default_rng(seed).choice(x, n, replace=False)
-
-
-def fit_laws(x: ArrayLike, max_samples: int = 5000) -> dict[str, Any]:
-    """Maximum-likelihood Laplace, Gaussian and generalized-Gaussian fits (frozen scipy laws)."""
-    xs = _subsample(_numpy(x), max_samples)
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # the optimiser probes extreme shapes
-        beta, loc, scale = stats.gennorm.fit(xs)
-    return {"laplace": stats.laplace(*stats.laplace.fit(xs)),
-            "gaussian": stats.norm(*stats.norm.fit(xs)),
-            "gennorm": stats.gennorm(beta, loc, scale)}
-
-
-def law_fit_table(layers: Mapping[str, ArrayLike], max_samples: int = 5000) -> pd.DataFrame:
-    """Per layer: size, excess kurtosis, shape statistic, fitted beta and NLL per law (which law fits)."""
-    rows = []
-    for name, w in layers.items():
-        x = _numpy(w)
-        fits = fit_laws(x, max_samples)
-        xs = _subsample(x, max_samples, seed=1)
-        with np.errstate(over="ignore"):
-            nll = {law: -float(np.mean(dist.logpdf(xs))) for law, dist in fits.items()}
-        rows.append({"layer": name, "weights": x.size, "excess_kurtosis": float(stats.kurtosis(x)),
-                     "shape_stat": float(np.abs(x).mean() / np.sqrt(np.mean(x ** 2))),
-                     "gennorm_beta": float(fits["gennorm"].args[0]),
-                     **{f"nll_{law}": v for law, v in nll.items()},
-                     "best_law": LAW_LABELS[min(nll, key=nll.get)]})
-    return pd.DataFrame(rows).set_index("layer")
+pooled_unit_weights = unit_weights  # the name notebooks use; the rule lives in dambq.codebook
 
 
 def error_table_frame(tables: Mapping) -> pd.DataFrame:
@@ -289,7 +239,7 @@ def shape_statistic_per_channel(layers: nn.Module | Mapping[str, Tensor], title:
     per_layer = []
     for w in layers.values():
         w = w.reshape(w.shape[0], -1).double()
-        per_layer.append((w.abs().mean(1) / w.pow(2).mean(1).sqrt().clamp_min(1e-12)).numpy())
+        per_layer.append(shape_statistic(w)[1].numpy())
     fig, ax = _subplots(figsize=(max(6.0, 0.45 * len(names) + 2.5), 4.4))
     ax.boxplot(per_layer, positions=range(len(names)), widths=0.6, showfliers=False, patch_artist=True,
                boxprops={"facecolor": "0.93", "color": "0.6"}, medianprops={"color": "0.3"},
@@ -298,8 +248,8 @@ def shape_statistic_per_channel(layers: nn.Module | Mapping[str, Tensor], title:
     for i, stat in enumerate(per_layer):
         ax.scatter(i + rng.uniform(-0.22, 0.22, stat.size), stat, s=6, color=color("lookup"), alpha=0.7,
                    linewidths=0, zorder=3)
-    references = [(float(shape_statistic(1.0)), "laplace", "Laplace (β=1)", "--"),
-                  (float(shape_statistic(2.0)), "gaussian", "Gaussian (β=2)", "--"),
+    references = [(float(shape_stat_of_beta(1.0)), "laplace", "Laplace (β=1)", "--"),
+                  (float(shape_stat_of_beta(2.0)), "gaussian", "Gaussian (β=2)", "--"),
                   (math.sqrt(3) / 2, "uniform_law", "uniform (β→∞)", ":")]
     for value, key, label, ls in references:
         ax.axhline(value, color=COLORS.get(key, "0.4"), ls=ls, lw=1.2, label=f"{label}: {value:.3f}")
@@ -311,7 +261,7 @@ def shape_statistic_per_channel(layers: nn.Module | Mapping[str, Tensor], title:
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel("mean|w| / rms(w) per channel")
     betas = np.array([0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 8.0])
-    ticks = shape_statistic(betas)
+    ticks = shape_stat_of_beta(betas)
     inside = (ticks >= ax.get_ylim()[0]) & (ticks <= ax.get_ylim()[1])
     right = ax.twinx()
     right.set_ylim(ax.get_ylim())
@@ -325,21 +275,15 @@ def shape_statistic_per_channel(layers: nn.Module | Mapping[str, Tensor], title:
 
 def codebook_levels(x: ArrayLike, bits: int, codebook: str) -> np.ndarray:
     """The 2^b levels (in the units of x) a DMBQ code-book would give x treated as one weight group."""
-    x = _numpy(x)
-    mean_abs = float(np.abs(x).mean())
     if bits == 0:
         return np.zeros(1)
-    book = build_codebook(codebook)
-    stat = torch.tensor(mean_abs / max(float(np.sqrt(np.mean(x ** 2))), 1e-12))
-    entry = int(book.pick(stat))
-    unit = book.levels[bits, entry, : 2 ** bits].double().numpy()
-    return unit * float(book.clip_factor[bits, entry]) * mean_abs
+    levels, _ = DMBQWeight(torch.as_tensor(_numpy(x), dtype=torch.float64).reshape(1, -1), 1, bits, codebook).code()
+    return levels[0, : 2 ** bits].numpy()
 
 
 def _relative_mse(x: np.ndarray, levels: np.ndarray) -> float:
     levels = np.sort(levels)
-    q = levels[np.searchsorted((levels[1:] + levels[:-1]) / 2, x)]
-    return float(np.mean((x - q) ** 2) / np.mean(x ** 2))
+    return float(np.mean((x - snap(x, levels)) ** 2) / np.mean(x ** 2))
 
 
 SHORT_LABELS = {"lookup": "lookup", "laplace": "Laplace (V2)", "uniform": "uniform", "pooled": "pooled",
@@ -697,5 +641,5 @@ def accuracy_vs_bits(points: Sequence[Mapping[str, Any]], reference: Sequence[Ma
 __all__ = ["save", "color", "layer_weights", "pooled_unit_weights", "fit_laws", "law_fit_table",
            "error_table_frame", "codebook_levels", "histograms_with_fits", "weight_histograms_with_fits",
            "channel_histograms_with_fits", "qq_plot", "shape_statistic_per_channel", "levels_over_histogram",
-           "error_table_figure", "training_curves", "allocation_averages", "bits_heatmap", "pruned_channels",
+           "error_table_figure", "training_curves", "allocation_averages", "activation_clips", "bits_heatmap", "pruned_channels",
            "accuracy_vs_bits"]

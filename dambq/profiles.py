@@ -129,3 +129,18 @@ def with_schedule(profile: Profile, **changes) -> Profile:
     if not changes:
         return profile
     return replace(profile, **{stage: replace(getattr(profile, stage), **changes) for stage in ("float", "w4a4", "lba")})
+
+
+def target_label(weight_target: float | None, act_target: float | None) -> str:
+    """The paper's name for a pair of average bit targets, used for files, tables and titles.
+
+    Example:
+        >>> target_label(2, 2), target_label(1.25, 2.0), target_label(2.0, None)
+        ('W2.0A2.0', 'W1.25A2.0', 'W2.0A32')
+    """
+    def bits(target: float | None) -> str:
+        if target is None:  # that kind stays float (the paper's A32)
+            return "32"
+        text = f"{float(target):g}"
+        return text if "." in text else text + ".0"
+    return f"W{bits(weight_target)}A{bits(act_target)}"

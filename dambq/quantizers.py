@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .codebook import MAX_BITS, build_codebook
+from .codebook import MAX_BITS, build_codebook, shape_statistic, snap
 
 MAX_ACT_BITS = 8
 FLOAT_BITS = 32  # what an unquantized (A32) input reads as in tables
@@ -81,8 +81,7 @@ class _SnapToLevels(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, levels, clip, sensitivity, next_levels):
-        thresholds = ((levels[:, 1:] + levels[:, :-1]) * 0.5).contiguous()
-        q = torch.gather(levels, 1, torch.searchsorted(thresholds, w.contiguous()))
+        q = snap(w, levels)
         ctx.sensitivity, ctx.has_next = sensitivity, next_levels is not None
         ctx.save_for_backward(w, q, clip, next_levels if next_levels is not None else q)
         return q
@@ -93,9 +92,7 @@ class _SnapToLevels(torch.autograd.Function):
         if ctx.sensitivity is not None:
             with torch.no_grad():
                 if ctx.has_next:
-                    thresholds = ((next_levels[:, 1:] + next_levels[:, :-1]) * 0.5).contiguous()
-                    q_next = torch.gather(next_levels, 1, torch.searchsorted(thresholds, w.contiguous()))
-                    ctx.sensitivity.add_(((q_next - q) * grad_q).sum(1))
+                    ctx.sensitivity.add_(((snap(w, next_levels) - q) * grad_q).sum(1))
                 else:
                     ctx.sensitivity.add_(((w - q) * grad_q).sum(1))
         grad_w = grad_q * (w.abs() <= clip[:, None])
@@ -142,9 +139,7 @@ class DMBQWeight(_Fp32State):
 
     @staticmethod
     def _statistics(w: Tensor) -> tuple[Tensor, Tensor]:
-        mean_abs = w.abs().mean(1)
-        rms = w.pow(2).mean(1).sqrt()
-        return mean_abs, mean_abs / rms.clamp_min(1e-12)
+        return shape_statistic(w)
 
     def entries(self) -> Tensor:
         """Code-book entry (shape index) each group uses now."""

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .convert import average_bits, is_quantized
-from .data import Cifar10, batches, steps_per_epoch
+from .batches import batches, steps_per_epoch
+from .data import Cifar10
 from .profiles import StageConfig
 
 try:
@@ -147,33 +148,50 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
     return {"loss": float(loss_sum) / count, "top1": 100.0 * float(correct) / count}
 
 
-def distill_loss(logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, amp: bool) -> torch.Tensor:
-    """KL(teacher || student) of the softmax outputs, batch mean (temperature 1).
+class Distillation(nn.Module):
+    """A loss hook for `fit`: (1 - weight) * cross-entropy + weight * KL(teacher || student).
 
-    Why temperature 1: the teacher is the student's own float parent, already close;
-    its full distribution is the target, not a softened one."""
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        target = F.log_softmax(teacher(x).float(), dim=1)
-    return F.kl_div(F.log_softmax(logits.float(), dim=1), target, log_target=True, reduction="batchmean")
+    Temperature 1: the teacher is the student's own float parent, already close; its full
+    distribution is the target, not a softened one. An extension, off by default: one run
+    each helped and hurt (results/quick-cpu.md, results/quick-cpu-clip3.md). A module, so
+    that `fit` moves the teacher to the training device with the model.
+
+    Example:
+        >>> teacher = nn.Linear(4, 3)
+        >>> x = torch.randn(5, 4)
+        >>> float(Distillation(teacher, weight=1.0)(teacher(x).detach(), x, torch.zeros(5, dtype=torch.long)).abs()) < 1e-6
+        True
+    """
+
+    def __init__(self, teacher: nn.Module, weight: float = 0.5):
+        super().__init__()
+        self.teacher, self.weight = teacher.eval().requires_grad_(False), weight
+
+    def train(self, mode: bool = True):  # the teacher stays in evaluation mode
+        return self
+
+    def forward(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = F.log_softmax(self.teacher(x).float(), dim=1)
+        kl = F.kl_div(F.log_softmax(logits.float(), dim=1), target, log_target=True, reduction="batchmean")
+        return (1 - self.weight) * F.cross_entropy(logits.float(), y) + self.weight * kl
 
 
 def train_step(step_fn, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, allocator=None,
-               amp: bool = False, teacher: nn.Module | None = None,
-               distill_weight: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+               amp: bool = False, loss_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step as `fit` takes it (benchmarks/step_speed.py times this same function).
 
     Args:
         step_fn: the model, or its torch.compile'd wrapper.
         allocator: a BitAllocator whose sums this step's sensitivities are added to.
         amp: bf16 autocast around the forward pass and the loss.
+        loss_fn: (logits, x, y) -> loss; None is cross-entropy (`Distillation` is the other).
 
     Returns:
         (loss, logits), still on the device: reading them is the caller's choice of sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = step_fn(x)
-        loss = F.cross_entropy(logits.float(), y)
-        if teacher is not None:
-            loss = (1 - distill_weight) * loss + distill_weight * distill_loss(logits, teacher, x, amp)
+        loss = F.cross_entropy(logits.float(), y) if loss_fn is None else loss_fn(logits, x, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if allocator is not None:
@@ -234,8 +252,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         metrics_csv: str | Path | None = None, seed: int = 0, stage: str = "train",
         meta: dict | None = None, amp: bool | None = None, channels_last: bool | None = None,
         compile: bool | None = None, compile_mode: str | None = None, deadline: float | None = None,
-        progress: bool = True, on_epoch_end=None,
-        teacher: nn.Module | None = None, distill_weight: float = 0.5) -> list[dict]:
+        progress: bool = True, on_epoch_end=None, loss_fn=None) -> list[dict]:
     """Train `model` on `data` for `cfg.epochs`, evaluating after every epoch.
 
     Args:
@@ -248,9 +265,8 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         deadline: a `time.time()` value; no epoch is started that the previous epoch's
             duration says would end after it (the checkpoint keeps what was done, so a
             later call resumes). Used to fit the paper profile into a GPU lease.
-        teacher, distill_weight: distillation from a trained model (usually the float
-            parent): loss = (1 - w) * CE + w * KL. An extension, off by default: one run
-            each helped and hurt (results/quick-cpu.md, results/quick-cpu-clip3.md).
+        loss_fn: (logits, x, y) -> loss instead of cross-entropy, e.g. `Distillation(teacher)`
+            (an nn.Module loss is moved to the device with the model).
         meta: saved in the checkpoint (e.g. architecture and conversion arguments).
 
     Returns:
@@ -273,8 +289,8 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         _restore(state, model, optimizer, scheduler, allocator, generator)
         history, start_epoch = state["metrics"], state["epoch"] + 1
     step_fn = torch.compile(model, mode=compile_mode) if settings["compile"] else model
-    if teacher is not None:
-        teacher.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(device=device, memory_format=memory_format)
     train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
     epochs = range(start_epoch, cfg.epochs)
     bar = tqdm(epochs, desc=stage, disable=not progress or tqdm is None) if tqdm else epochs
@@ -290,7 +306,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
             epoch_batches = tqdm(epoch_batches, total=steps, desc=f"{stage} epoch {epoch}", leave=False,
                                  mininterval=5)
         for x, y in epoch_batches:  # no host synchronisation in here: every sum stays on the device
-            loss, logits = train_step(step_fn, x, y, optimizer, allocator, amp, teacher, distill_weight)
+            loss, logits = train_step(step_fn, x, y, optimizer, allocator, amp, loss_fn)
             scheduler.step()
             loss_sum += loss.detach() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()

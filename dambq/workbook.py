@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .profiles import PROFILES, get_profile
+from .profiles import PROFILES, get_profile, target_label  # noqa: F401 (notebooks call wb.target_label)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01_distribution_analysis.ipynb", "02_global_precision.ipynb", "03_channelwise_allocation.ipynb")
@@ -116,16 +116,6 @@ def adopt_checkpoint(checkpoint: str | Path, runs_dir: str | Path, stage: str = 
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source, target)
     return target
-
-
-def _bits_text(bits: float) -> str:
-    text = f"{float(bits):g}"
-    return text if "." in text else text + ".0"
-
-
-def target_label(weight_target: float, act_target: float) -> str:
-    """(2, 2) -> "W2.0A2.0", (1.25, 2) -> "W1.25A2.0": the paper's way of naming average bit targets."""
-    return f"W{_bits_text(weight_target)}A{_bits_text(act_target)}"
 
 
 def run_notebooks(profile: str = "auto", device: str = "auto", data_root: str | None = None,

@@ -120,7 +120,7 @@ channel_layer = None           # layer whose channels are drawn one by one; None
         ("code", SETUP + '''
 
 from dambq.analysis import error_table, sample_groups
-from dambq.codebook import build_codebook, gennorm_quantile_points, shape_statistic'''),
+from dambq.codebook import build_codebook, gennorm_quantile_points, shape_stat_of_beta'''),
         ("md", "## The trained float model"),
         ("code", '''\
 data = load_data(prof, data_root)
@@ -175,10 +175,10 @@ Each channel's code-book entry is picked by mean|w| / rms(w), a scale-free stati
 shape β. Reference values for the named laws (deterministic, checked by nbval):"""),
         ("code", '''\
 # NBVAL_CHECK_OUTPUT
-from dambq.codebook import shape_statistic
+from dambq.codebook import shape_stat_of_beta
 
 for law, beta in (("Laplace", 1.0), ("Gaussian", 2.0), ("gen. Gaussian", 4.0)):
-    print(f"{law:14s} beta={beta:g}: mean|w|/rms(w) = {float(shape_statistic(beta)):.4f}")'''),
+    print(f"{law:14s} beta={beta:g}: mean|w|/rms(w) = {float(shape_stat_of_beta(beta)):.4f}")'''),
         ("code", '''\
 fig = plots.shape_statistic_per_channel(layers, title=f"Per-channel shape statistic ({tag}); right: shape β")
 keep(fig, "01_shape_statistic")'''),
@@ -240,7 +240,7 @@ import ipywidgets as widgets
 def explore(bits=2, beta=2.0):
     """Levels of each code-book, and their error, for a generalized Gaussian of shape beta."""
     x = gennorm_quantile_points(beta, 20_000)  # equal-probability points: exact, no sampling noise
-    entry = book.betas[int(book.pick(torch.tensor(float(shape_statistic(beta)))))]
+    entry = book.betas[int(book.pick(torch.tensor(float(shape_stat_of_beta(beta)))))]
     plots.levels_over_histogram(x, bits=bits, xlabel="x / mean|x|",
                                 title=f"gen. Gaussian β={beta:.2f}, {bits} bit(s); lookup entry β={entry:g}")
     plt.show()

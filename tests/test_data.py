@@ -11,20 +11,17 @@ import torch
 from torchvision.io import encode_jpeg
 
 import dambq.data as data_module
+from dambq.batches import augment, batches, normalize, steps_per_epoch
 from dambq.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
-    augment,
     balanced_subset_indices,
-    batches,
     cache_path,
     candidate_roots,
     dataset_to_tensors,
     load_cifar10,
     locate_cifar10,
-    normalize,
-    steps_per_epoch,
 )
 
 # torchvision 0.29 deprecates torchvision.io's codecs in favour of torchcodec (not installed).

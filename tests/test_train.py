@@ -8,7 +8,8 @@ import dambq
 from dambq.convert import act_clips
 from dambq.data import make_synthetic
 from dambq.models import build_model
-from dambq.pipeline import run_stage, write_report
+from dambq.pipeline import run_stage
+from dambq.report import write_report
 from dambq.profiles import StageConfig, get_profile
 from dambq.train import CheckpointError, evaluate, fit, load_checkpoint
 
@@ -123,18 +124,20 @@ def test_bf16_autocast_for_every_model_where_it_pays(monkeypatch):
 
 
 def test_distillation_from_a_teacher_trains_and_pulls_towards_it(tmp_path):
-    from dambq.train import distill_loss
+    from dambq.train import Distillation
     data, cfg = small_data(), StageConfig(epochs=1, lr=0.05, batch_size=64)
     torch.manual_seed(0)
     teacher = build_model("resnet20")
-    x = torch.randn(8, 3, 32, 32)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(10, (8,))
     with torch.no_grad():
         same = teacher.eval()(x)
-    assert distill_loss(same, teacher, x, amp=False).abs() < 1e-5  # a student equal to its teacher: KL 0
-    assert distill_loss(torch.zeros_like(same), teacher, x, amp=False) > 0
+    only_kl = Distillation(teacher, weight=1.0)
+    assert only_kl(same, x, y).abs() < 1e-5  # a student equal to its teacher: KL 0
+    assert only_kl(torch.zeros_like(same), x, y) > 0
     student = dambq.convert(teacher)
-    history = fit(student, data, cfg, device="cpu", progress=False, teacher=teacher, distill_weight=0.5)
+    history = fit(student, data, cfg, device="cpu", progress=False, loss_fn=Distillation(teacher, 0.5))
     assert history[0]["precision"] == "fp32" and history[0]["train_loss"] > 0
+    assert not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
 
 

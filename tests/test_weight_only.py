@@ -51,7 +51,7 @@ def test_weight_only_pipeline_stages_and_the_none_target(tmp_path):
     summary = run_stage("lba_a32", profile, tmp_path, device="cpu", progress=False,
                         weight_target=1.0, act_target=None)
     assert summary["weight_avg"] <= 1.0 and summary["act_avg"] == 32.0
-    saved = json.loads((tmp_path / "lba_a32-W1.0A-.json").read_text())
+    saved = json.loads((tmp_path / "lba_a32-W1.0A32.json").read_text())
     assert saved["targets"] == [1.0, None] and saved["arch"] == "resnet20"
     main(["--profile", "smoke", "--stages", "lba_a32", "--out", str(tmp_path), "--device", "cpu",
           "--weight-target", "1.0", "--act-target", "none", "--no-progress"])  # read back through the CLI

@@ -49,7 +49,8 @@ def test_commit_outputs_drops_the_injected_cell(tmp_path):
 def test_stage_files_carry_allocation_targets():
     assert stage_file("lba", 2.0, 2.0) == "lba"
     assert stage_file("lba", 1.5, 2) == "lba-W1.5A2.0"
-    assert stage_file("lba", None, 2.0) == "lba-W-A2.0"
+    assert stage_file("lba", None, 2.0) == "lba-W32A2.0"  # the kind left float reads 32, as in the paper
+    assert stage_file("lba_a32", 1.0, None) == "lba_a32-W1.0A32"
     assert stage_file("w4a4", 1.0, 1.0) == "w4a4"
 
 

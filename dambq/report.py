@@ -1,0 +1,71 @@
+"""The markdown report of a runs folder: one row per finished stage, the allocation per epoch
+and the per-layer bits of allocating stages (`python -m dambq.pipeline --report PATH`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .pipeline import STAGES, stage_file
+from .profiles import target_label
+
+
+def _short(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() else f"{number:.3f}"
+
+
+def _best(summary: dict) -> str:
+    if summary.get("best_top1") is None:
+        return "-"
+    return f"{summary['best_top1']:.2f} ({summary['best_epoch']})"
+
+
+def write_report(out: str | Path, path: str | Path, command: str) -> str:
+    """Markdown of every finished stage in `out` (one row each, profile, data and device
+    named per row), the allocation per epoch and the per-layer bits of LBA runs.
+
+    Why generated: every number in results/ must come from a command anyone can rerun. Final
+    top-1 is what tables report (as the paper does); the best epoch (1-based) is beside it."""
+    out = Path(out)
+    summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    if not summaries:
+        raise FileNotFoundError(f"no stage summaries (*.json) in {out}")
+    order = {name: i for i, name in enumerate(STAGES)}
+    summaries.sort(key=lambda s: order.get(s["stage"], len(order)))
+    lines = [f"# Results: {out}", "", f"Command: `{command}`", "",
+             "| stage | what | network | profile | data | device | training precision | act clips started | epochs "
+             "| top-1 (%), final | best (epoch) | W avg | A avg | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
+        clips = s.get("act_clip_init") or "-"
+        lines.append(f"| {s['stage']} | {s['description']} | {s.get('arch', '?')} | {s['profile']} | {s['data']} | "
+                     f"{s['device']} | "
+                     f"{s.get('precision', 'fp32')} | {clips} | {s['epochs']} | "
+                     f"{s['top1']:.2f} | {_best(s)} | {bits} | {s['minutes']:.1f} |")
+    chain = [s for s in summaries if s["stage"] in ("float", "w4a4")
+             or (s["stage"] == "lba" and s.get("targets") == [2.0, 2.0])]
+    if len(chain) == 3:
+        lines += ["", "The paper's pipeline float -> W4A4 -> W2.0A2.0 (stages float, w4a4, lba) took "
+                  f"{sum(s['minutes'] for s in chain):.1f} min of conversion, training and evaluation."]
+    for s in summaries:
+        if "allocation" not in s:
+            continue
+        w, a = s["targets"]
+        lines += ["", f"## Allocation per epoch ({s['stage']}, targets {target_label(w, a)}, window {s.get('window', '')})", "",
+                  "| epoch | W avg | A avg | weight decrements | activation decrements |", "|---|---|---|---|---|"]
+        lines += [f"| {r['epoch']} | {r['weight_avg']:.4f} | {r['act_avg']:.4f} | {r['weight_lowered']} | "
+                  f"{r['act_lowered']} |" for r in s["allocation"]]
+        bits_csv = out / f"{stage_file(s['stage'], w, a)}-bits.csv"
+        if bits_csv.exists():
+            rows = [line.split(",") for line in bits_csv.read_text().splitlines()]
+            lines += ["", "Per-layer bits at the end (`dambq.bit_report`):", "",
+                      "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            lines += ["| " + " | ".join(_short(v) for v in row) + " |" for row in rows[1:]]
+    text = "\n".join(lines) + "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    return text
