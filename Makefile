@@ -22,7 +22,7 @@ run: setup
 	$(BIN)/python -m dambq.workbook --profile $(PROFILE)
 
 test: setup
-	$(BIN)/python -m pytest -q --doctest-modules --nbval-lax --nbval-current-env dambq tests notebooks
+	DAMBQ_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q --doctest-modules --ignore-glob='notebooks/*.py' --nbval-lax --nbval-current-env dambq tests notebooks
 
 benchmarks: setup
 	$(BIN)/python benchmarks/step_speed.py

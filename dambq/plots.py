@@ -432,7 +432,7 @@ def allocation_averages(history: Sequence[Mapping[str, Any]], targets: tuple[flo
     frame = pd.DataFrame([{k: v for k, v in r.items() if not k.endswith("_bits")} for r in history])
     fig, (top, bottom) = _subplots(2, 1, figsize=(6.8, 5.0), sharex=True,
                                       gridspec_kw={"height_ratios": [2.2, 1]})
-    epochs = frame["epoch"].to_numpy()
+    epochs = frame["epoch"].to_numpy() + 1  # 1-based, as the logs count them
     for i, kind in enumerate(("weight", "act")):
         x, y = epochs, frame[f"{kind}_avg"].to_numpy()
         if initial is not None:
@@ -445,8 +445,8 @@ def allocation_averages(history: Sequence[Mapping[str, Any]], targets: tuple[flo
                    label=LABELS[kind])
     if window is not None:
         for ax in (top, bottom):
-            ax.axvspan(window[0] - 0.5, window[1] + 0.5, color="0.93", zorder=0)
-        top.text(window[0] - 0.45, top.get_ylim()[1], " allocation window", va="top", fontsize=8, color="0.4")
+            ax.axvspan(window[0] + 0.5, window[1] + 1.5, color="0.93", zorder=0)  # window: 0-based epochs
+        top.text(window[0] + 0.55, top.get_ylim()[1], " allocation window", va="top", fontsize=8, color="0.4")
     top.set_ylabel("average bits")
     top.legend(fontsize=8, ncol=2)
     bottom.set_ylabel("groups lowered")
@@ -497,7 +497,7 @@ def _bits_snapshots(source, kind: str) -> list[tuple[str, dict[str, list[int]], 
         return [("model", bits, None)]
     if isinstance(source, Mapping):
         return [("bits", {k: list(v) for k, v in source.items()}, None)]
-    return [(f"epoch {r['epoch']}", r[f"{kind}_bits"], r.get(f"{kind}_avg")) for r in source]
+    return [(f"epoch {r['epoch'] + 1}", r[f"{kind}_bits"], r.get(f"{kind}_avg")) for r in source]  # 1-based
 
 
 def _bits_colormap(vmax: int) -> tuple[ListedColormap, BoundaryNorm]:
@@ -510,7 +510,9 @@ def _bits_colormap(vmax: int) -> tuple[ListedColormap, BoundaryNorm]:
 def bits_heatmap(source: Sequence[Mapping[str, Any]] | nn.Module | Mapping[str, Sequence[int]],
                  kind: str = "weight", epochs: Sequence[int] | None = None, max_panels: int = 6,
                  title: str | None = None) -> Figure:
-    """Layer x channel bit-widths, as small multiples over epochs: where LBA spent and took the bits."""
+    """Layer x channel bit-widths, as small multiples over epochs: where LBA spent and took the bits.
+
+    `epochs` picks panels by their 1-based epoch number, as the logs and titles count them."""
     if kind not in ("weight", "act"):
         raise ValueError(f"kind must be 'weight' or 'act', got {kind!r}")
     snaps = _bits_snapshots(source, kind)
@@ -589,7 +591,7 @@ def pruned_channels(source: pd.DataFrame | nn.Module | Sequence[Mapping[str, Any
         over = axes[0, 1]
         for kind in ("weight", "act"):
             counts = [sum(b == 0 for bits in r[f"{kind}_bits"].values() for b in bits) for r in source]
-            over.plot([r["epoch"] for r in source], counts, marker="o", ms=4, color=color(kind), label=LABELS[kind])
+            over.plot([r["epoch"] + 1 for r in source], counts, marker="o", ms=4, color=color(kind), label=LABELS[kind])
         over.set_xlabel("epoch")
         over.set_ylabel("groups at 0 bits")
         over.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
@@ -607,10 +609,19 @@ def accuracy_vs_bits(points: Sequence[Mapping[str, Any]], reference: Sequence[Ma
     """Top-1 vs average weight bits, each point labelled W/A (dicts: label, weight_bits, act_bits, top1, [stage])."""
     fig, ax = _subplots(figsize=(7.4, 4.6))
     groups = [("this run", points, "o", True)] + ([("paper / V2 code", reference, "D", False)] if reference else [])
+    # points that would sit on each other (same bits, top-1 within 0.3) are spread sideways,
+    # so that no marker hides another (W4A4 DMBQ and W4A4 uniform often land together)
+    dodge: dict[int, float] = {}
+    near: dict[tuple, list[int]] = {}
+    for i, p in enumerate(points):
+        near.setdefault((round(p["weight_bits"] / 0.05), round(p["top1"] / 0.3)), []).append(i)
+    for members in near.values():
+        for j, i in enumerate(members):
+            dodge[i] = 0.07 * (j - (len(members) - 1) / 2)
     for group, pts, marker, filled in groups:
         for i, p in enumerate(pts):
             c = color(p.get("stage", p.get("label", "")), i) if filled else "0.45"
-            ax.scatter(p["weight_bits"], p["top1"], s=55, marker=marker, color=c if filled else "white",
+            ax.scatter(p["weight_bits"] + (dodge.get(i, 0.0) if filled else 0.0), p["top1"], s=55, marker=marker, color=c if filled else "white",
                        edgecolors=c, linewidths=1.5, zorder=3)
     # labels: this run's to the right, references' to the left; points at the same bits whose
     # labels would overlap are pushed apart vertically (at least 10 points between lines)

@@ -16,6 +16,7 @@ in, one line per epoch, and rows for result tables.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -62,9 +63,12 @@ def find_root(start: str | Path | None = None) -> Path:
 
 def output_dirs(profile: str, runs_dir: str | Path | None = None,
                 figures_dir: str | Path = "figures") -> tuple[Path, Path]:
-    """(runs folder, figures folder) for a profile: runs/<profile> by default; figures
-    in `figures_dir` except for smoke, which writes them under its runs folder."""
-    runs = Path(runs_dir) if runs_dir is not None else Path("runs") / profile
+    """(runs folder, figures folder) for a profile: runs/<profile> by default (under
+    $DAMBQ_RUNS instead when it is set: `make test` points it at a fresh folder, so nbval never
+    reads back stages trained by older code); figures in `figures_dir` except for smoke,
+    which writes them under its runs folder."""
+    base = Path(os.environ.get("DAMBQ_RUNS") or "runs")
+    runs = Path(runs_dir) if runs_dir is not None else base / profile
     figures = runs / "figures" if profile == "smoke" else Path(figures_dir)
     runs.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
@@ -76,6 +80,88 @@ def print_epoch(record: dict) -> None:
     bits = f", W{record['weight_avg']:.2f}A{record['act_avg']:.2f}" if "weight_avg" in record else ""
     print(f"  {record['stage']} epoch {record['epoch'] + 1}: train loss {record['train_loss']:.3f}, "
           f"test top-1 {record['test_top1']:.2f}%{bits} ({record['seconds']:.1f} s)", flush=True)
+
+
+def show_figures(make) -> list:
+    """Draw figures inside a widget callback so that they appear every time.
+
+    Why: a callback runs outside a cell's execution, and the inline backend's post-execute
+    hooks (run for the widget messages) flush and close any open pyplot figure, often before
+    it is displayed: blank rectangles in a real browser. Figures made under `plt.ioff()`,
+    closed, then displayed explicitly are never touched by those hooks.
+
+    Args:
+        make: () -> the figures (or one figure), built by `dambq.plots` calls.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    with plt.ioff():
+        figures = make()
+    figures = list(figures) if isinstance(figures, (list, tuple)) else [figures]
+    for fig in figures:
+        plt.close(fig)
+        display(fig)
+    return figures
+
+
+class RunButton:
+    """A button that runs one training job at a time, with a status line and an epoch bar.
+
+    While it runs the button is disabled (a second click cannot queue a second run), the
+    status line says at once what is training, and the bar advances per epoch; output and
+    figures go to the widget's own output area (figures via `show_figures`).
+
+    Args:
+        description: the button's label.
+        job: (progress) -> None, called on click; it calls `progress.start(what, epochs)` and
+            passes `progress.epoch` as run_stage's on_epoch_end.
+        controls: widgets shown beside the button (e.g. sliders).
+    """
+
+    def __init__(self, description: str, job, controls: list | tuple = ()):
+        import ipywidgets as widgets
+        self.job, self.running, self._what = job, False, "training"
+        self.button = widgets.Button(description=description, button_style="primary", icon="play")
+        self.status = widgets.Label("")
+        self.bar = widgets.IntProgress(value=0, min=0, max=1, layout={"width": "240px", "visibility": "hidden"})
+        self.output = widgets.Output()
+        self.widget = widgets.VBox([widgets.HBox([*controls, self.button]), widgets.HBox([self.bar, self.status]),
+                                    self.output])
+        self.button.on_click(self._click)
+
+    def start(self, what: str, epochs: int) -> None:
+        self.bar.max, self.bar.value = max(1, epochs), 0
+        self.bar.layout.visibility = "visible"
+        self.status.value = f"{what}: starting (setup and the first epoch come first)"
+        self._what = what
+
+    def epoch(self, record: dict) -> None:
+        self.bar.value = min(self.bar.max, self.bar.value + 1)
+        self.status.value = (f"{self._what}: epoch {record['epoch'] + 1} of {self.bar.max} done, "
+                             f"test top-1 {record['test_top1']:.2f}%")
+        print_epoch(record)
+
+    def _click(self, _) -> None:
+        if self.running:  # a click while running does nothing
+            return
+        self.running, self.button.disabled = True, True
+        self.status.value = "starting"
+        try:
+            with self.output:
+                self.output.clear_output(wait=True)
+                self.job(self)
+            self.status.value = f"{self.status.value} - finished"
+        except Exception as error:  # shown, not swallowed: the traceback is in the output area
+            self.status.value = f"failed: {type(error).__name__}: {error}"
+            with self.output:
+                raise
+        finally:
+            self.running, self.button.disabled = False, False
+            self.bar.layout.visibility = "hidden"
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
 
 
 def summary_row(summary: dict) -> dict:
@@ -90,7 +176,7 @@ def describe(summary: dict) -> str:
     bits = f" at W{summary['weight_avg']:.2f}A{summary['act_avg']:.2f}" if "weight_avg" in summary else ""
     return (f"{summary['stage']}: top-1 {summary['top1']:.2f}%{bits} ({summary['profile']} profile, "
             f"{summary['epochs']} epochs, {summary['data']} data, {summary['device']}, "
-            f"{summary['minutes']:.1f} min of training)")
+            f"{summary['minutes']:.1f} min incl. conversion and evaluation)")
 
 
 def accuracy_point(summary: dict, label: str | None = None) -> dict:
@@ -186,8 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--act-target", type=float, default=2.0, help="03: LBA activation target")
     parser.add_argument("--only", default=None, help="comma list of notebook numbers to run, e.g. 02,03")
     parser.add_argument("--commit-outputs", action="store_true",
-                        help="copy the executed notebooks over notebooks/ (first rebuild them with "
-                             "notebooks/build_notebooks.py --committed-profile <profile>)")
+                        help="copy the executed notebooks over notebooks/ (their first cell should name "
+                             "the profile; tests check the outputs against it)")
     args = parser.parse_args(argv)
     # the notebooks run from the repository root: paths given here are relative to the caller's folder
     for key in ("data", "runs_dir", "float_checkpoint", "out"):

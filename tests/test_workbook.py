@@ -1,7 +1,6 @@
-"""The workbook's helpers (paths, chaining checkpoints in, rows) and the notebook builder; no training."""
+"""The workbook's helpers (paths, chaining checkpoints in, rows) and the notebook pairs; no training."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from dambq import workbook as wb
 from dambq.pipeline import stage_file
+from dambq.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,12 +26,15 @@ def test_resolve_profile(monkeypatch):
 
 def test_output_dirs_keep_smoke_figures_out_of_figures(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAMBQ_RUNS", raising=False)
     runs, figures = wb.output_dirs("smoke")
     assert runs == Path("runs/smoke") and figures == Path("runs/smoke/figures") and figures.is_dir()
     runs, figures = wb.output_dirs("quick", figures_dir="figs")
     assert runs == Path("runs/quick") and figures == Path("figs")
     runs, _ = wb.output_dirs("paper", runs_dir=tmp_path / "elsewhere")
     assert runs == tmp_path / "elsewhere" and runs.is_dir()
+    monkeypatch.setenv("DAMBQ_RUNS", str(tmp_path / "fresh"))  # make test's fresh folder for nbval
+    assert wb.output_dirs("smoke")[0] == tmp_path / "fresh" / "smoke"
 
 
 def test_commit_outputs_drops_the_injected_cell(tmp_path):
@@ -84,20 +87,35 @@ def test_find_root(tmp_path):
     assert wb.find_root(tmp_path) == wb.REPO_ROOT
 
 
-def test_committed_notebooks_match_the_builder(tmp_path):
-    """The committed notebooks are exactly what build_notebooks.py writes, with the papermill parameters."""
-    spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "notebooks" / "build_notebooks.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    assert tuple(builder.NOTEBOOKS) == wb.NOTEBOOKS
-    for name, make in builder.NOTEBOOKS.items():
-        committed = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-        # committed with outputs of a named profile, or unexecuted (the first cell says which)
-        named = re.search(r"from the `(\w+)` profile", committed.cells[0].source)
-        built = builder.build(name, make(named.group(1) if named else None))
-        assert [c.source for c in committed.cells] == [c.source for c in built.cells], name
+def test_notebooks_and_their_text_pairs_are_in_sync():
+    """The .py (jupytext py:percent) files are the source people edit; each .ipynb beside it must
+    hold the same cells (`jupytext --sync notebooks/*.py` after an edit)."""
+    import jupytext
+    for name in wb.NOTEBOOKS:
+        notebook = ROOT / "notebooks" / name
+        committed, text = jupytext.read(notebook), jupytext.read(notebook.with_suffix(".py"))
+        assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in text.cells], \
+            f"{name} and its .py differ: run `jupytext --sync {notebook.with_suffix('.py').relative_to(ROOT)}`"
+        assert committed.metadata["jupytext"]["formats"] == "ipynb,py:percent"
         params = [c for c in committed.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1
         for key in ("profile = \"smoke\"", "data_root = None", "device = \"auto\"", "runs_dir = None",
                     "figures_dir = \"figures\""):
             assert key in params[0].source, (name, key)
+
+
+def test_committed_outputs_come_from_the_profile_the_notebook_names():
+    """Running a notebook in JupyterLab under the default smoke profile and saving it would put
+    smoke outputs over the committed ones: refused here."""
+    for name in wb.NOTEBOOKS:
+        nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        named = re.search(r"from the `(\w+)` profile", nb.cells[0].source)
+        outputs = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                          for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        if named is None:
+            assert not outputs.strip(), f"{name} has outputs but its first cell names no profile"
+            continue
+        for other in set(PROFILES) - {named.group(1)}:
+            assert f"{other} profile" not in outputs and f"runs/{other}" not in outputs, \
+                f"{name} holds outputs of the {other} profile: restore it (git checkout) before committing"
+
