@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,43 @@ def output_dirs(profile: str, runs_dir: str | Path | None = None,
     runs.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
     return runs, figures
+
+
+@dataclass
+class Setup:
+    """What a notebook's set-up cell gives the rest of it (see `setup`)."""
+
+    profile: str
+    prof: Any
+    runs_dir: Path
+    fig_dir: Path
+    device: str
+
+    def keep(self, fig, name: str) -> None:
+        """Save a figure as <fig_dir>/<name>.png (it is shown below the cell as well)."""
+        from . import plots
+        print(f"saved {plots.save(fig, name, self.fig_dir)}")
+
+
+def setup(profile: str = "auto", runs_dir: str | Path | None = None, figures_dir: str | Path = "figures",
+          device: str = "auto", **profile_overrides) -> Setup:
+    """The set-up every notebook shares, in one call: work from the repository root, resolve the
+    profile, make the runs and figures folders, set pandas' display, and say all of it.
+
+    Args:
+        profile, runs_dir, figures_dir, device: the notebook's `parameters` cell values.
+        **profile_overrides: passed to `get_profile` (e.g. act_clip_init).
+    """
+    import pandas as pd
+    os.chdir(find_root())  # runs/ and figures/ in one place wherever the kernel started
+    profile = resolve_profile(profile)
+    prof = get_profile(profile, **profile_overrides)
+    runs, figures = output_dirs(profile, runs_dir, figures_dir)
+    pd.set_option("display.precision", 4)
+    pd.set_option("display.width", 160)
+    print(f"profile {profile}: {prof.note}")
+    print(f"runs in {runs}/, figures in {figures}/, device {device}")
+    return Setup(profile, prof, runs, figures, device)
 
 
 def print_epoch(record: dict) -> None:

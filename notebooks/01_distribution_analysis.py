@@ -44,46 +44,19 @@ channel_layer = None           # layer whose channels are drawn one by one; None
 
 # %%
 # %matplotlib inline
-import os
-import sys
-from pathlib import Path
-
-# Work from the repository root, wherever the kernel started (notebooks/, the root, runs/...).
-root = Path.cwd().resolve()
-while not (root / "dambq" / "__init__.py").is_file() and root != root.parent:
-    root = root.parent
-if (root / "dambq" / "__init__.py").is_file():
-    os.chdir(root)
-    if str(root) not in sys.path:  # dambq importable even when not installed
-        sys.path.insert(0, str(root))
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-from IPython.display import Markdown, display
 
 from dambq import plots
 from dambq import workbook as wb
 from dambq.pipeline import load_data, run_stage
-from dambq.profiles import get_profile
 
-profile = wb.resolve_profile(profile)
-prof = get_profile(profile)
-runs_dir, fig_dir = wb.output_dirs(profile, runs_dir, figures_dir)
-pd.set_option("display.precision", 4)
-pd.set_option("display.width", 160)
-
-
-def keep(fig, name):
-    """Save a figure as <fig_dir>/<name>.png (it is shown below the cell as well)."""
-    print(f"saved {plots.save(fig, name, fig_dir)}")
-
-
-print(f"profile {profile}: {prof.note}")
-print(f"runs in {runs_dir}/, figures in {fig_dir}/, device {device}")
+nb = wb.setup(profile, runs_dir, figures_dir, device)  # works from the repository root; says what it set
+profile, prof, runs_dir, keep = nb.profile, nb.prof, nb.runs_dir, nb.keep
 
 from dambq.analysis import error_table, sample_groups
-from dambq.codebook import build_codebook, gennorm_quantile_points, shape_stat_of_beta
+from dambq.codebook import build_codebook, gennorm_quantile_points, shape_stat_of_beta, shape_statistic
 
 # %% [markdown]
 # ## The trained float model
@@ -169,7 +142,7 @@ keep(fig, "01_shape_statistic")
 
 # %%
 book = build_codebook("lookup")
-stat = torch.cat([w.abs().mean(1) / w.pow(2).mean(1).sqrt() for w in layers.values()])
+stat = torch.cat([shape_statistic(w)[1] for w in layers.values()])  # mean|w| / rms(w) per channel
 picked = pd.Series([book.betas[i] for i in book.pick(stat).tolist()], name="channels")
 picked.value_counts().sort_index().rename_axis("lookup entry β").to_frame().T
 
