@@ -195,6 +195,28 @@ def clip_start(stage: str, profile: Profile, out: Path) -> str | float | None:
     return json.loads(parent_summary.read_text()).get("act_clip_init") if parent_summary.exists() else None
 
 
+def code_version() -> dict:
+    """The dambq version and, in a git checkout, its commit (with "+changes" when the tree differs):
+    recorded in every stage checkpoint, so a result can be traced to the code that made it."""
+    import subprocess
+    from importlib import metadata
+    try:
+        version = metadata.version("dambq")
+    except metadata.PackageNotFoundError:
+        version = None
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        if commit and dirty:
+            commit += "+changes"
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"dambq": version, "git": commit}
+
+
 def stage_made_with(stage: str, profile: Profile, out: Path, data: Cifar10, seed: int,
                     weight_target: float | None, act_target: float | None, allocator_args: dict | None) -> dict:
     """Everything that decides what a stage's checkpoint holds: saved in it, and compared on
@@ -321,7 +343,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
                   metrics_csv=out / f"{name}.csv", seed=seed, stage=stage, progress=progress,
                   meta={"stage": stage, "profile": profile.name, "arch": profile.arch,
                         "quantization": stage_quantization(stage, profile), "recipe": profile.recipe,
-                        "made_with": made_with, "setup_seconds": setup_seconds},
+                        "made_with": made_with, "setup_seconds": setup_seconds, "code": code_version()},
                   on_epoch_end=on_epoch_end, loss_fn=loss_fn, amp=amp, compile=compile,
                   compile_mode=compile_mode, deadline=deadline)
     final = evaluate(model, data.test_images, data.test_labels, device_)
@@ -359,10 +381,9 @@ def best_epoch(history: list[dict]) -> dict:
     return {"best_top1": history[best]["test_top1"], "best_epoch": int(history[best]["epoch"]) + 1}
 
 
-def evaluate_checkpoint(path: str | Path, profile: Profile | str = "quick", data: Cifar10 | None = None,
-                        data_root: str | Path | None = None, device: str = "auto") -> dict:
-    """Top-1 and average bits of any checkpoint `fit` wrote, rebuilt from what its meta records
-    (network and conversion): the evaluation-only command.
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """(model, checkpoint state) of any checkpoint `fit` wrote, rebuilt from what its meta records
+    (network and conversion), weights and bits loaded.
 
     Raises:
         CheckpointError: unreadable file; ValueError: a checkpoint whose meta lacks the network
@@ -371,11 +392,24 @@ def evaluate_checkpoint(path: str | Path, profile: Profile | str = "quick", data
     meta = state.get("meta", {})
     if "arch" not in meta or ("quantization" not in meta and meta.get("stage") != "float"):
         raise ValueError(f"{path}: its meta does not record the network and conversion "
-                         f"(has {sorted(meta)}); rerun the stage with this version to evaluate it")
+                         f"(has {sorted(meta)}); rerun the stage with this version to use it")
     model = build_model(meta["arch"])
     if meta.get("quantization"):
         model = convert(model, **meta["quantization"], inplace=True)
     model.load_state_dict(state["model"])
+    return model, state
+
+
+def evaluate_checkpoint(path: str | Path, profile: Profile | str = "quick", data: Cifar10 | None = None,
+                        data_root: str | Path | None = None, device: str = "auto") -> dict:
+    """Top-1 and average bits of any checkpoint `fit` wrote, rebuilt from what its meta records
+    (network and conversion): the evaluation-only command.
+
+    Raises:
+        CheckpointError: unreadable file; ValueError: a checkpoint whose meta lacks the network
+        or the conversion (written before they were recorded)."""
+    model, state = model_from_checkpoint(path)
+    meta = state["meta"]
     profile = get_profile(profile) if isinstance(profile, str) else profile
     data = data if data is not None else load_data(profile, data_root)
     device_ = resolve_device(device)

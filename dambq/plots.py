@@ -649,8 +649,69 @@ def accuracy_vs_bits(points: Sequence[Mapping[str, Any]], reference: Sequence[Ma
     return fig
 
 
+# ------------------------------------------------------------------------------ deployment
+
+@_styled
+def packed_sizes_per_layer(packed: nn.Module, float_model: nn.Module | None = None,
+                           title: str | None = None) -> Figure:
+    """Bytes per layer of a packed model (`dambq.load_packed`), stacked by part, beside the fp32
+    weights of the same layer: where the bytes of a deployable model go."""
+    from .export import PackedLayer
+    rows = []
+    for name, m in packed.named_modules():
+        if not isinstance(m, PackedLayer):
+            continue
+        weights = m.int8.numel() if hasattr(m, "int8") else m.planes.numel()
+        scales = sum(t.numel() * t.element_size() for k, t in m.named_buffers()
+                     if k not in ("planes", "int8", "bias"))
+        rows.append({"layer": name, "weights": weights, "scales": scales, "bias": m.bias.numel() * 4,
+                     "fp32": 4 * math.prod(m.weight_shape)})
+    frame = pd.DataFrame(rows)
+    fig, ax = _subplots(figsize=(max(6.5, 0.42 * len(frame) + 2.5), 4.2))
+    x = np.arange(len(frame))
+    ax.bar(x - 0.2, frame["fp32"], width=0.38, color="0.8", label="fp32 weights")
+    bottom = np.zeros(len(frame))
+    for i, (part, key) in enumerate((("sign planes / int8", "weights"), ("scales, entries, ranges", "scales"),
+                                     ("bias", "bias"))):
+        ax.bar(x + 0.2, frame[key], width=0.38, bottom=bottom, color=color(key, i + 2), label=part)
+        bottom += frame[key].to_numpy()
+    ax.set_yscale("log")
+    ax.set_xticks(x, frame["layer"], rotation=75, fontsize=7)
+    ax.set_ylabel("bytes (log scale)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(title or "Packed bytes per layer against fp32 weights")
+    return fig
+
+
+@_styled
+def bit_planes(packed: nn.Module, layer: str, channel: int = 0, max_inputs: int = 16,
+               title: str | None = None) -> Figure:
+    """The +-1 sign planes of one output channel of a packed conv: one row per plane (with its
+    coefficient a_i * clip), one column per input channel, each a k x k kernel."""
+    module = packed.get_submodule(layer)
+    planes, alpha = module.plane_weights()
+    bits = int(module.group_bits[channel])
+    if bits == 0:
+        raise ValueError(f"channel {channel} of {layer} has 0 bits: nothing is stored for it")
+    inputs = min(max_inputs, planes.shape[2])
+    fig, axes = _subplots(bits, inputs, figsize=(0.55 * inputs + 1.2, 0.62 * bits + 0.9), squeeze=False)
+    cmap = ListedColormap(["#3b4cc0", "#f7f7f7", "#b40426"])
+    for i in range(bits):
+        for j in range(inputs):
+            ax = axes[i, j]
+            kernel = planes[i, channel, j].reshape(planes.shape[3], -1).numpy()
+            ax.imshow(kernel, cmap=cmap, vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(f"{float(alpha[i, channel]):+.3f}", fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title or f"{layer}, output channel {channel}: {bits} sign planes (blue -1, red +1; "
+                          "row label: its coefficient)", fontsize=9)
+    return fig
+
+
 __all__ = ["save", "color", "layer_weights", "pooled_unit_weights", "fit_laws", "law_fit_table",
            "error_table_frame", "codebook_levels", "histograms_with_fits", "weight_histograms_with_fits",
            "channel_histograms_with_fits", "qq_plot", "shape_statistic_per_channel", "levels_over_histogram",
            "error_table_figure", "training_curves", "allocation_averages", "activation_clips", "bits_heatmap", "pruned_channels",
-           "accuracy_vs_bits"]
+           "accuracy_vs_bits", "packed_sizes_per_layer", "bit_planes"]

@@ -29,7 +29,8 @@ import torch
 from .profiles import PROFILES, get_profile, target_label  # noqa: F401 (notebooks call wb.target_label)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ("01_distribution_analysis.ipynb", "02_global_precision.ipynb", "03_channelwise_allocation.ipynb")
+NOTEBOOKS = ("01_distribution_analysis.ipynb", "02_global_precision.ipynb", "03_channelwise_allocation.ipynb",
+             "04_deployment.ipynb")
 KERNEL = "python3"
 
 # Published ResNet20 / CIFAR-10 top-1 (spec section 5), for accuracy-vs-bits figures.

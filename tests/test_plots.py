@@ -153,3 +153,15 @@ def test_activation_clips(out_dir):
     check(fig, out_dir, "activation_clips")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["spec: top-1 50.00%", "calibrated", "trained: top-1 70.00%"]
+
+
+def test_packed_model_figures(out_dir):
+    import dambq
+    from dambq.export import pack_model
+    q = dambq.convert(tiny_model(), 3, 3).eval()
+    q[2].set_bits(weight_bits=torch.tensor([0, 1, 2, 3, 3, 2, 1, 0]))
+    packed = pack_model(q)
+    check(plots.packed_sizes_per_layer(packed), out_dir, "packed_sizes")
+    check(plots.bit_planes(packed, "2", channel=3), out_dir, "bit_planes")
+    with pytest.raises(ValueError, match="0 bits"):
+        plots.bit_planes(packed, "2", channel=0)

@@ -1,0 +1,168 @@
+"""The packed format and the bit-plane forward (dambq.export)."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import dambq
+from dambq.export import PackedFormatError, PackedLayer, load_packed, pack_bits, save_packed, unpack_bits
+from dambq.models import build_model
+from dambq.quantizers import DMBQWeight, UniformAct
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trained_like_resnet(seed: int = 0) -> nn.Module:
+    """ResNet20 with BatchNorm statistics from a few batches (as a trained model has)."""
+    torch.manual_seed(seed)
+    model = build_model("resnet20").train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(32, 3, 32, 32))
+    return model.eval()
+
+
+def random_bits(model: nn.Module, seed: int, act_low: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, DMBQWeight):
+            m.bits.copy_(torch.randint(0, 5, m.bits.shape, generator=g))
+        elif isinstance(m, UniformAct):
+            m.bits.copy_(torch.randint(act_low, 5, m.bits.shape, generator=g))
+
+
+def test_bits_pack_and_unpack():
+    signs = torch.tensor([1, -1, -1, 1, 1, 1, 1, 1, -1, 1, 1])
+    assert torch.equal(unpack_bits(pack_bits(signs), signs.numel()), signs.float())
+    assert pack_bits(signs).numel() == 2
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_packed_resnet_equals_the_fake_quantized_evaluation_for_any_bits(seed, tmp_path_factory):
+    model = trained_like_resnet(seed % 3)
+    q = dambq.convert(model, 4, 4).eval()
+    dambq.calibrate_act_clips(q, torch.randn(32, 3, 32, 32))
+    random_bits(q, seed)  # per-channel weight bits 0-4, activation bits 0-4
+    path = tmp_path_factory.mktemp("packed") / "r20.dambq"
+    save_packed(q, path)
+    packed = load_packed(path)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected, got = q(x), packed(x)
+    assert float((got - expected).norm() / expected.norm()) <= 1e-4
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in packed.modules())  # every BN folded
+
+
+def test_integer_form_is_exact():
+    """Unsigned b-bit activation integers times +-1 weight planes, accumulated in integers, scaled
+    afterwards, equal the float path."""
+    torch.manual_seed(0)
+    layer = dambq.convert(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(24, 6), nn.Linear(6, 2)), 3, 3,
+                          keep_8bit=None)[2].eval()
+    layer.set_bits(weight_bits=torch.tensor([0, 1, 2, 3, 4, 2]), act_bits=torch.randint(1, 5, (24,)))
+    with torch.no_grad():
+        layer.act_quant.act_clip.fill_(2.0)
+    packed = PackedLayer.from_layer(layer)
+    x = torch.rand(5, 24) * 2.5
+    levels, step = packed.act.integers(x)
+    integers = levels.long()
+    assert torch.equal(integers.float(), levels) and int(integers.max()) <= 15
+    planes, alpha = packed.plane_weights()
+    total = torch.zeros(5, 6, dtype=torch.float64)
+    for plane, a in zip(planes, alpha):
+        # per input channel the step differs: integer sums per (channel step), then scales
+        for s in step.unique():
+            cols = (step == s).flatten()
+            exact = integers[:, cols] @ plane[:, cols].long().T  # int64 accumulation
+            total += exact.double() * float(s) * a.double()
+    reference = nn.functional.linear(layer.act_quant(x), layer.quantized_weight()).double()
+    torch.testing.assert_close(total, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_zero_bit_groups_cost_nothing_and_sizes_follow_the_bits():
+    q = dambq.convert(trained_like_resnet(), 2, 2).eval()
+    random_bits(q, 5, act_low=1)
+    for name, layer in dambq.quant_layers(q):
+        packed = PackedLayer.from_layer(layer)
+        per_group = math.prod(layer.weight.shape[1:])
+        assert packed.planes.numel() == int(layer.weight_bits.sum()) * math.ceil(per_group / 8), name
+
+
+def test_w2a2_resnet20_file_is_at_least_12x_smaller_than_the_float_state_dict(tmp_path):
+    import io
+    model = trained_like_resnet()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    sizes = save_packed(dambq.convert(model, 2, 2).eval(), tmp_path / "w2a2.dambq")
+    assert sizes["file"] == (tmp_path / "w2a2.dambq").stat().st_size
+    assert len(buffer.getvalue()) / sizes["file"] >= 12
+
+
+def test_damaged_foreign_and_other_version_files_are_clear_errors(tmp_path):
+    q = dambq.convert(trained_like_resnet(), 2, 2).eval()
+    path = tmp_path / "m.dambq"
+    save_packed(q, path)
+    raw = path.read_bytes()
+    (tmp_path / "flipped.dambq").write_bytes(raw[:-100] + bytes([raw[-100] ^ 1]) + raw[-99:])
+    (tmp_path / "short.dambq").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "other.dambq").write_bytes(raw.replace(b'"version": 1', b'"version": 9', 1))
+    torch.save(q.state_dict(), tmp_path / "state.pt")
+    for name, match in (("flipped", "damaged"), ("short", "damaged"), ("other", "version 9"),
+                        ("state.pt", "not a packed")):
+        target = tmp_path / (name if name.endswith(".pt") else f"{name}.dambq")
+        with pytest.raises(PackedFormatError, match=match):
+            load_packed(target)
+    with pytest.raises(FileNotFoundError):
+        load_packed(tmp_path / "missing.dambq")
+
+
+def test_loads_in_a_fresh_process_without_the_model_class(tmp_path):
+    q = dambq.convert(trained_like_resnet(), 2, 2).eval()
+    path = tmp_path / "m.dambq"
+    save_packed(q, path)
+    x = torch.randn(2, 3, 32, 32)
+    torch.save({"x": x, "y": q(x).detach()}, tmp_path / "io.pt")
+    code = ("import sys, torch; import dambq.export as e; m = e.load_packed(sys.argv[1]); d = torch.load(sys.argv[2]); "
+            "assert 'dambq.models' not in sys.modules; "
+            "print(float((m(d['x']) - d['y']).abs().max()))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "io.pt")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) < 1e-4
+
+
+def test_a_batchnorm_whose_conv_output_is_also_read_elsewhere_is_kept():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv0, self.conv, self.bn, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), \
+                nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.conv(self.conv0(x))
+            return self.head((self.bn(y) + y).mean((2, 3)))
+
+    model = Twice().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    q = dambq.convert(model, 3, 4).eval()
+    packed = dambq.export.pack_model(q)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in packed.modules())
+    x = torch.randn(2, 3, 5, 5)
+    torch.testing.assert_close(packed(x), q(x), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_is_refused_clearly():
+    model = nn.Sequential(nn.Linear(8, 8), nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 1, enable_nested_tensor=False),
+        nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="MultiheadAttention"):
+        save_packed(dambq.convert(model, 4, 4), "/nonexistent/x.dambq")
