@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import io
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import dambq
-from dambq.export import load_packed, save_packed
+from dambq.export import forward_ms, load_packed, save_packed
 from dambq.pipeline import cpu_model, model_from_checkpoint
 from dambq.profiles import target_label
 
@@ -34,17 +32,6 @@ def state_bytes(model: torch.nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return len(buffer.getvalue())
-
-
-def median_ms(fn, x: torch.Tensor, repeats: int = 5) -> float:
-    with torch.no_grad():
-        fn(x)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -62,7 +49,7 @@ def main() -> None:
     calibration = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     float_bytes = state_bytes(float_model)
-    float_ms = median_ms(float_model, x)
+    float_ms = forward_ms(float_model, x)
     models = []
     for w, a in ((4, 4), (2, 2), (1, 2)):
         q = dambq.convert(float_model, w, a).eval()
@@ -84,7 +71,7 @@ def main() -> None:
             rows.append({"model": label, "W avg": w_avg, "A avg": a_avg, **{p: sizes.get(p, 0) for p in PARTS},
                          "file (bytes)": sizes["file"], "float / packed": float_bytes / sizes["file"],
                          "max rel. error vs fake-quant": float((got - expected).abs().max() / expected.abs().max()),
-                         "forward ms (batch 64)": median_ms(packed, x)})
+                         "forward ms (batch 64)": forward_ms(packed, x)})
             print(rows[-1], flush=True)
     lines = ["# Packed multi-bit binary ResNet20: sizes and the bit-plane forward", "",
              f"Command: `python benchmarks/export_sizes.py{' --float ' + args.float if args.float else ''}"

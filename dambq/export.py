@@ -471,3 +471,18 @@ def load_packed(path: str | Path) -> nn.Module:
     if len(payload) != header.get("bytes") or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise PackedFormatError(f"{path} is damaged: its contents do not match its checksum (truncated or altered)")
     return torch.load(io.BytesIO(zlib.decompress(payload)), map_location="cpu", weights_only=False).eval()
+
+
+def forward_ms(module: nn.Module, x: Tensor, repeats: int = 5) -> float:
+    """Median milliseconds of `module(x)` without gradients, after one warm-up call: the
+    speed comparisons of benchmarks/export_sizes.py and notebook 04 (ratios within one run)."""
+    import statistics
+    import time
+    with torch.no_grad():
+        module(x)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)

@@ -38,12 +38,12 @@ stage = "lba"            # the stage whose checkpoint is packed (trained now if 
 # %%
 # %matplotlib inline
 import io
-import time
 
 import pandas as pd
 import torch
 
 from dambq import average_bits, load_packed, plots, save_packed
+from dambq.export import forward_ms
 from dambq import workbook as wb
 from dambq.pipeline import load_data, model_from_checkpoint, run_stage
 
@@ -109,19 +109,8 @@ print(f"largest difference from the fake-quantized model: {float((got - expected
       "(relative to its largest output)")
 
 
-def median_ms(fn, repeats=5):
-    with torch.no_grad():
-        fn(x)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - started)
-    return 1000 * sorted(times)[len(times) // 2]
-
-
-speed = pd.Series({"float model": median_ms(float_model), "fake-quantized": median_ms(qmodel),
-                   "packed, bit-plane forward": median_ms(packed)}, name="ms per batch of 64 (median of 5)")
+speed = pd.Series({"float model": forward_ms(float_model, x), "fake-quantized": forward_ms(qmodel, x),
+                   "packed, bit-plane forward": forward_ms(packed, x)}, name="ms per batch of 64 (median of 5)")
 print("Plain PyTorch runs one dense ±1 convolution per plane: the packed model shows the arithmetic, "
       "it is not a fast kernel.")
 speed.to_frame()
