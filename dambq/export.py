@@ -29,6 +29,9 @@ Example:
     >>> x = torch.randn(2, 3, 32, 32)
     >>> bool(torch.allclose(load_packed(path)(x), q(x), rtol=1e-4, atol=1e-4))
     True
+
+Why ~490 lines: the packed format and the forward that reads it change together; a
+version bump touches both.
 """
 from __future__ import annotations
 

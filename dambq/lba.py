@@ -141,7 +141,7 @@ class BitAllocator:
         Returns (and appends to `history`) the epoch's record: averages after
         the step, how many decrements each kind received, and every layer's bits
         (small: a list of ints per layer) so that plots can show how they evolved."""
-        record = {"epoch": epoch}
+        record = {"epoch": epoch + 1}  # 1-based, as logs and tables count; `epoch` itself is the 0-based index
         for kind in self.kinds:
             if dist.is_available() and dist.is_initialized():
                 for total in kind.sums:

@@ -6,6 +6,9 @@ rerunning a finished stage returns its result at once, a killed one resumes.
 The notebooks and `python -m dambq.pipeline` both call `run_stage`.
 
     python -m dambq.pipeline --profile quick --stages float,w4a4,lba --out runs/quick
+
+Why one module of ~520 lines: a stage's definition, the record of how it was made, its
+read-back and its command line are one concept; the report is `dambq.report`.
 """
 from __future__ import annotations
 
@@ -378,7 +381,7 @@ def best_epoch(history: list[dict]) -> dict:
     if not history:
         return {"best_top1": None, "best_epoch": None}
     best = max(range(len(history)), key=lambda i: history[i]["test_top1"])
-    return {"best_top1": history[best]["test_top1"], "best_epoch": int(history[best]["epoch"]) + 1}
+    return {"best_top1": history[best]["test_top1"], "best_epoch": int(history[best]["epoch"])}
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:

@@ -10,6 +10,10 @@ law (the family it is searched on) are blue, V2's Laplace table and the Laplace
 law orange, the uniform code green, the Gaussian law purple, Lloyd-Max black.
 Nothing here trains or changes a model; the few tables next to the figures
 (`law_fit_table`, `error_table_frame`) only reshape data for display.
+
+Why one module of ~700 lines: every figure follows one style, palette and save rule
+(`STYLE`, `color`, `save`), and each function stands alone; the numbers they draw are
+computed elsewhere (`dambq.analysis`, `dambq.lba`, `dambq.export`).
 """
 from __future__ import annotations
 
@@ -389,7 +393,7 @@ def training_curves(runs: Mapping[str, Metrics] | Sequence[Metrics], chained: bo
     for i, (name, f) in enumerate(frames.items()):
         if not len(f):
             continue
-        x = f["epoch"].to_numpy() + 1 + offset
+        x = f["epoch"].to_numpy() + offset
         c = color(name, i)
         axes[0].plot(x, f["train_loss"], color=c, marker="o", ms=3, label=name)
         axes[0].plot(x, f["test_loss"], color=c, ls="--", marker="s", ms=3)
@@ -432,7 +436,7 @@ def allocation_averages(history: Sequence[Mapping[str, Any]], targets: tuple[flo
     frame = pd.DataFrame([{k: v for k, v in r.items() if not k.endswith("_bits")} for r in history])
     fig, (top, bottom) = _subplots(2, 1, figsize=(6.8, 5.0), sharex=True,
                                       gridspec_kw={"height_ratios": [2.2, 1]})
-    epochs = frame["epoch"].to_numpy() + 1  # 1-based, as the logs count them
+    epochs = frame["epoch"].to_numpy()  # 1-based, as the logs count them
     for i, kind in enumerate(("weight", "act")):
         x, y = epochs, frame[f"{kind}_avg"].to_numpy()
         if initial is not None:
@@ -497,7 +501,7 @@ def _bits_snapshots(source, kind: str) -> list[tuple[str, dict[str, list[int]], 
         return [("model", bits, None)]
     if isinstance(source, Mapping):
         return [("bits", {k: list(v) for k, v in source.items()}, None)]
-    return [(f"epoch {r['epoch'] + 1}", r[f"{kind}_bits"], r.get(f"{kind}_avg")) for r in source]  # 1-based
+    return [(f"epoch {r['epoch']}", r[f"{kind}_bits"], r.get(f"{kind}_avg")) for r in source]
 
 
 def _bits_colormap(vmax: int) -> tuple[ListedColormap, BoundaryNorm]:
@@ -591,7 +595,7 @@ def pruned_channels(source: pd.DataFrame | nn.Module | Sequence[Mapping[str, Any
         over = axes[0, 1]
         for kind in ("weight", "act"):
             counts = [sum(b == 0 for bits in r[f"{kind}_bits"].values() for b in bits) for r in source]
-            over.plot([r["epoch"] + 1 for r in source], counts, marker="o", ms=4, color=color(kind), label=LABELS[kind])
+            over.plot([r["epoch"] for r in source], counts, marker="o", ms=4, color=color(kind), label=LABELS[kind])
         over.set_xlabel("epoch")
         over.set_ylabel("groups at 0 bits")
         over.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))

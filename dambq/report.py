@@ -57,7 +57,7 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
         w, a = s["targets"]
         lines += ["", f"## Allocation per epoch ({s['stage']}, targets {target_label(w, a)}, window {s.get('window', '')} in 0-based epochs)", "",
                   "| epoch | W avg | A avg | weight decrements | activation decrements |", "|---|---|---|---|---|"]
-        lines += [f"| {r['epoch'] + 1} | {r['weight_avg']:.4f} | {r['act_avg']:.4f} | {r['weight_lowered']} | "
+        lines += [f"| {r['epoch']} | {r['weight_avg']:.4f} | {r['act_avg']:.4f} | {r['weight_lowered']} | "
                   f"{r['act_lowered']} |" for r in s["allocation"]]
         bits_csv = out / f"{stage_file(s['stage'], w, a)}-bits.csv"
         if bits_csv.exists():

@@ -311,7 +311,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
             loss_sum += loss.detach() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
-        record = {"stage": stage, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+        record = {"stage": stage, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                   "precision": "bf16 autocast" if amp else "fp32", "compiled": settings["compile"],
                   "train_loss": float(loss_sum) / seen, "train_top1": 100.0 * float(correct) / seen}
         if allocator is not None:

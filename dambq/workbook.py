@@ -117,7 +117,7 @@ def setup(profile: str = "auto", runs_dir: str | Path | None = None, figures_dir
 def print_epoch(record: dict) -> None:
     """One line per finished epoch (pass as run_stage's on_epoch_end): readable in saved notebooks."""
     bits = f", W{record['weight_avg']:.2f}A{record['act_avg']:.2f}" if "weight_avg" in record else ""
-    print(f"  {record['stage']} epoch {record['epoch'] + 1}: train loss {record['train_loss']:.3f}, "
+    print(f"  {record['stage']} epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
           f"test top-1 {record['test_top1']:.2f}%{bits} ({record['seconds']:.1f} s)", flush=True)
 
 
@@ -176,7 +176,7 @@ class RunButton:
 
     def epoch(self, record: dict) -> None:
         self.bar.value = min(self.bar.max, self.bar.value + 1)
-        self.status.value = (f"{self._what}: epoch {record['epoch'] + 1} of {self.bar.max} done, "
+        self.status.value = (f"{self._what}: epoch {record['epoch']} of {self.bar.max} done, "
                              f"test top-1 {record['test_top1']:.2f}%")
         print_epoch(record)
 

@@ -46,7 +46,7 @@ def fake_history(epochs: int = 3) -> list[dict]:
     for e in range(epochs):
         w = {f"layer{i}": torch.randint(max(0, 3 - e), 5, (8 + 4 * i,), generator=g).tolist() for i in range(3)}
         a = {f"layer{i}": torch.randint(max(1, 3 - e), 5, (4 + 4 * i,), generator=g).tolist() for i in range(3)}
-        history.append({"epoch": e, "weight_avg": 4 - 0.6 * (e + 1), "weight_lowered": 10 - e, "weight_bits": w,
+        history.append({"epoch": e + 1, "weight_avg": 4 - 0.6 * (e + 1), "weight_lowered": 10 - e, "weight_bits": w,
                         "act_avg": 4 - 0.5 * (e + 1), "act_lowered": 5 + e, "act_bits": a})
     return history
 
@@ -54,7 +54,7 @@ def fake_history(epochs: int = 3) -> list[dict]:
 def fake_metrics(stage: str, epochs: int = 3, quantized: bool = True) -> list[dict]:
     rows = []
     for e in range(epochs):
-        row = {"stage": stage, "epoch": e, "train_loss": 2 - 0.3 * e, "test_loss": 2.1 - 0.25 * e,
+        row = {"stage": stage, "epoch": e + 1, "train_loss": 2 - 0.3 * e, "test_loss": 2.1 - 0.25 * e,
                "train_top1": 30 + 10 * e, "test_top1": 28 + 9 * e}
         if quantized:
             row.update(weight_avg=4.0 - 0.5 * e, act_avg=4.0 - 0.4 * e)

@@ -28,7 +28,7 @@ def test_fit_records_metrics_and_checkpoint(tmp_path):
     model = dambq.convert(build_model("resnet20"))
     history = fit(model, small_data(), CFG, device="cpu", checkpoint=tmp_path / "c.pt",
                   metrics_csv=tmp_path / "m.csv", progress=False)
-    assert [r["epoch"] for r in history] == [0, 1]
+    assert [r["epoch"] for r in history] == [1, 2]
     assert {"train_loss", "test_top1", "weight_avg", "act_avg", "seconds"} <= history[0].keys()
     assert (tmp_path / "m.csv").read_text().count("\n") == 3
     state = load_checkpoint(tmp_path / "c.pt")
@@ -55,7 +55,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
             on_epoch_end=kill_after_first_epoch)
     resumed = build_model("resnet20")
     history = fit(resumed, data, CFG, device="cpu", checkpoint=tmp_path / "c.pt", progress=False, seed=1)
-    assert [r["epoch"] for r in history] == [0, 1]
+    assert [r["epoch"] for r in history] == [1, 2]
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
 
