@@ -63,19 +63,37 @@ class _Kind:
 class BitAllocator:
     """Lowers per-group bit-widths by loss sensitivity until the averages meet a target.
 
-    weight_target / act_target: size-weighted averages to reach (None: leave that
-    kind alone). window: (first, last) epoch in which bits may be lowered; the
-    target is met by the end of `last`. max_ratio: the share of eligible groups
-    lowered per epoch rises linearly from `min_ratio` to this across the window
-    (the spec's ramp; a pair (weights, activations) gives each kind its own, as the
-    original code's 0.4 / 0.2); when the ramp would not reach the target in time, the
-    remaining gap is spread evenly over the remaining epochs. min_act_bits /
-    min_weight_bits: floors (weights may reach 0 bits: the channel is pruned).
-    rank_by: "per_bit" ranks by estimated loss change per bit of storage saved;
-    "sensitivity" by V2's S (for weights the two coincide, since V2's S_w is
-    already divided by the group size; for activations V2 does not divide by the
-    channel's H*W). error: "current" estimates the effect of the current
-    quantization error (V2); "next" the effect of the next decrement itself."""
+    Args:
+        model: a converted model (its quantizers are switched to tracking here).
+        weight_target, act_target: size-weighted averages to reach; None leaves that kind alone.
+        window: (first, last) 0-based epoch in which bits may be lowered; the target is met by
+            the end of `last`.
+        max_ratio: the share of eligible groups lowered per epoch rises linearly from
+            `min_ratio` to this across the window (the spec's ramp); a pair (weights,
+            activations) gives each kind its own, as the original code's 0.4 / 0.2. When the
+            ramp would not reach the target in time, the remaining gap is spread evenly over
+            the remaining epochs.
+        min_act_bits, min_weight_bits: floors (weights may reach 0 bits: the channel is pruned).
+        min_ratio: the ramp's start.
+        rank_by: "per_bit" ranks by estimated loss change per bit of storage saved;
+            "sensitivity" by V2's S (for weights the two coincide, since V2's S_w is already
+            divided by the group size; for activations V2 does not divide by the channel's H*W).
+        error: "current" estimates the effect of the current quantization error (V2); "next"
+            the effect of the next decrement itself.
+
+    Raises:
+        ValueError: no quantized layers, a target outside its kind's range, a target for a kind
+            that is not quantized (e.g. act_target with act_bits=None), bad ramp or window.
+
+    Example:
+        >>> import dambq, torch
+        >>> from torch import nn
+        >>> q = dambq.convert(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2)), 4, 4)
+        >>> alloc = BitAllocator(q, weight_target=3.0, act_target=None, window=(0, 0))
+        >>> q(torch.rand(16, 8)).sum().backward(); alloc.accumulate(); alloc.end_epoch(0)
+        >>> dambq.average_bits(q)[0] <= 3.0
+        True
+    """
 
     def __init__(self, model: nn.Module, weight_target: float | None = 2.0,
                  act_target: float | None = 2.0, window: tuple[int, int] = (0, 150),

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .calibrate import calibrate_act_clips
@@ -30,7 +31,7 @@ from .lba import BitAllocator, bit_report
 from .quantizers import UniformAct
 from .models import build_model
 from .profiles import RECIPES, Profile, get_profile, target_label, with_schedule
-from .train import Distillation, evaluate, fit, load_checkpoint, resolve_device
+from .train import Distillation, evaluate, fit, load_checkpoint, resolve_device, world
 
 
 RECIPE = "recipe"    # a Stage's code-book: the profile's recipe's
@@ -305,11 +306,26 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
               compile_mode: str | None = None, deadline: float | None = None) -> dict:
     """Run (or resume, or just read back) one stage; returns its summary.
 
-    The summary names profile, data and device next to every number, and is
-    also written to `<out>/<stage_file>.json`. amp / compile / compile_mode: the
-    engine's (None: the device's default, `dambq.train.engine_settings`). deadline: a
-    `time.time()` value after which no epoch starts; the summary then says
-    `finished: false` and how many epochs were done, and a later call resumes."""
+    The summary names profile, data and device next to every number, and is also written
+    to `<out>/<stage_file>.json`.
+
+    Args:
+        stage: a name in `STAGES` (float, w4a4, lba, w4a32, lba_a32, baselines).
+        profile: a `Profile` or its name (schedules, network, recipe, data limits).
+        out: the runs folder; the stage's parent checkpoint is read from it.
+        data, data_root: the data (else loaded by the profile from `data_root`).
+        weight_target, act_target: allocating stages' targets (None: that kind stays).
+        seed: seeds the model, the data order and the calibration sample.
+        allocator_args: extra `BitAllocator` arguments (recorded).
+        on_epoch_end: called with each epoch's record (notebooks print or draw it).
+        amp, compile, compile_mode: the engine's; None takes the device's default
+            (`dambq.train.engine_settings`).
+        deadline: a `time.time()` value after which no epoch starts; the summary then says
+            `finished: false` and how many epochs were done, and a later call resumes.
+
+    Raises:
+        ValueError: an unknown stage, a parent stage that is missing or unfinished, or a
+            checkpoint made under another recipe (the differences are listed)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
     profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -369,8 +385,13 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
         summary["targets"] = [weight_target, act_target]
         summary["window"] = list(profile.lba_window)
         summary["allocator"] = {**recipe_allocator_args(profile), **(allocator_args or {})}
-        bit_report(model).to_csv(out / f"{name}-bits.csv")
-    (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    summary["world_size"] = world()[1]
+    if world()[0] == 0:  # one writer under torchrun; every rank returns the same summary
+        if allocator is not None:
+            bit_report(model).to_csv(out / f"{name}-bits.csv")
+        (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    if world()[1] > 1:
+        dist.barrier()  # the next stage, on any rank, reads what rank 0 wrote
     summary["model"] = model
     return summary
 
@@ -433,6 +454,24 @@ def _recorded_setup_seconds(checkpoint: Path, default: float) -> float:
 def _target(text: str) -> float | None:
     """A bit target from the command line: a number, or "none"."""
     return None if text.lower() in ("none", "32") else float(text)
+
+
+def init_distributed(device: str = "auto") -> str:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1) and return this
+    process's device: gloo on CPU, nccl with one GPU per process (cuda:LOCAL_RANK). A single
+    process is left alone.
+
+    Multi-node: `torchrun --nnodes N --node_rank i --rdzv_backend c10d --rdzv_endpoint HOST:PORT
+    --nproc_per_node G -m dambq.pipeline ...` (README, "Beyond one machine")."""
+    import os
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return f"cuda:{local_rank}" if cuda else "cpu"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -504,6 +543,7 @@ def main(argv: list[str] | None = None) -> None:
         from .report import write_report  # the report reads this module's stages
         print(write_report(out, args.report, command))
         return
+    device = init_distributed(args.device)
     deadline = time.time() + 60 * args.time_budget if args.time_budget is not None else None
     switch = {"auto": None, "on": True, "off": False}
     data = load_data(profile, args.data)
@@ -513,17 +553,20 @@ def main(argv: list[str] | None = None) -> None:
             print(f"time budget spent: {stage} not started (its first epoch would end after the budget); "
                   f"rerun the same command to continue", flush=True)
             break
-        summary = run_stage(stage, profile, out, data=data, device=args.device, seed=args.seed,
+        summary = run_stage(stage, profile, out, data=data, device=device, seed=args.seed,
                             weight_target=args.weight_target, act_target=args.act_target,
                             amp=switch[args.amp], compile=switch[args.compile], compile_mode=args.compile_mode,
                             deadline=deadline, progress=not args.no_progress)
         summary.pop("model")
         first_epoch = max(first_epoch, summary.get("first_epoch_seconds") or 0.0)
-        print(json.dumps({k: v for k, v in summary.items() if k != "allocation"}), flush=True)
+        if world()[0] == 0:
+            print(json.dumps({k: v for k, v in summary.items() if k != "allocation"}), flush=True)
         if not summary["finished"]:
             print(f"time budget spent: {stage} stopped after {summary['epochs_done']} of {summary['epochs']} "
                   f"epochs; rerun the same command to resume", flush=True)
             break
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -89,6 +90,23 @@ def engine_settings(device: torch.device, amp: bool | None = None, compile: bool
     return {"amp": default_amp(device) if amp is None else amp,
             "compile": default_compile(device) if compile is None else compile,
             "channels_last": True if channels_last is None else channels_last}
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised
+    (`python -m torch.distributed.run`, see `dambq.pipeline.main`)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_over_ranks(*values: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor summed over every rank (one all_reduce), as float64 on its device."""
+    if world()[1] == 1:
+        return list(values)
+    packed = torch.stack([v.double() for v in values])
+    dist.all_reduce(packed)
+    return list(packed)
 
 
 def seed_everything(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -269,11 +287,21 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
             (an nn.Module loss is moved to the device with the model).
         meta: saved in the checkpoint (e.g. architecture and conversion arguments).
 
+    Under torch.distributed (torchrun) every rank draws the same global batch of
+    `cfg.batch_size` and trains on its 1/world share inside DistributedDataParallel; loss
+    and accuracy are summed over ranks, rank 0 alone writes the checkpoint, the CSV and
+    calls `on_epoch_end`, and every rank ends each epoch with rank 0's buffers (BatchNorm
+    statistics, quantizer EMAs) and the same bits (`BitAllocator` sums over ranks).
+
     Returns:
         One record per epoch: losses, top-1, lr, `precision`, `compiled`, average bits for
         quantized models, `train_seconds` (training steps only) and `seconds` (with evaluation).
     """
     device = resolve_device(device)
+    rank, world_size = world()
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch size {cfg.batch_size} does not split over {world_size} processes: the profile's "
+                         "batch size is the global batch, so it must be a multiple of the world size")
     quantized = is_quantized(model)
     settings = engine_settings(device, amp, compile, channels_last)
     amp = settings["amp"]
@@ -288,14 +316,20 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         state = load_checkpoint(checkpoint, map_location=device)
         _restore(state, model, optimizer, scheduler, allocator, generator)
         history, start_epoch = state["metrics"], state["epoch"] + 1
-    step_fn = torch.compile(model, mode=compile_mode) if settings["compile"] else model
+    step_model = model
+    if world_size > 1:  # gradients all-reduced by DDP; buffers (BatchNorm, quantizer EMAs) follow rank 0
+        from torch.nn.parallel import DistributedDataParallel
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_fn = torch.compile(step_model, mode=compile_mode) if settings["compile"] else step_model
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device=device, memory_format=memory_format)
     train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
     epochs = range(start_epoch, cfg.epochs)
+    progress = progress and rank == 0
     bar = tqdm(epochs, desc=stage, disable=not progress or tqdm is None) if tqdm else epochs
     for epoch in bar:
-        if deadline is not None and history and time.time() + history[-1]["seconds"] > deadline:
+        late = bool(deadline is not None and history and time.time() + history[-1]["seconds"] > deadline)
+        if _sum_over_ranks(torch.tensor(float(late), device=device))[0] > 0:  # every rank stops together
             break  # the next epoch would overrun: stop here, the checkpoint resumes later
         model.train()
         started, loss_sum, correct, seen = time.perf_counter(), torch.zeros((), device=device), \
@@ -303,27 +337,39 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         epoch_batches = batches(train_x, train_y, cfg.batch_size, shuffle=True, augment=True, device=device,
                                 generator=generator, drop_last=True, memory_format=memory_format)
         if tqdm and progress:
-            epoch_batches = tqdm(epoch_batches, total=steps, desc=f"{stage} epoch {epoch}", leave=False,
+            epoch_batches = tqdm(epoch_batches, total=steps, desc=f"{stage} epoch {epoch + 1}", leave=False,
                                  mininterval=5)
         for x, y in epoch_batches:  # no host synchronisation in here: every sum stays on the device
+            if world_size > 1:  # every rank draws the same global batch and trains on its share
+                x, y = x.chunk(world_size)[rank], y.chunk(world_size)[rank]
             loss, logits = train_step(step_fn, x, y, optimizer, allocator, amp, loss_fn)
             scheduler.step()
             loss_sum += loss.detach() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
+        loss_sum, correct, seen = _sum_over_ranks(loss_sum, correct, torch.tensor(float(seen), device=device))
+        if world_size > 1:  # the last step's buffer updates came from each rank's own share
+            for buffer in model.buffers():
+                if buffer.dtype == torch.bool:  # gloo has no bool broadcast
+                    flags = buffer.to(torch.uint8)
+                    dist.broadcast(flags, 0)
+                    buffer.copy_(flags.bool())
+                else:
+                    dist.broadcast(buffer, 0)
         record = {"stage": stage, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                   "precision": "bf16 autocast" if amp else "fp32", "compiled": settings["compile"],
-                  "train_loss": float(loss_sum) / seen, "train_top1": 100.0 * float(correct) / seen}
+                  "world_size": world_size,
+                  "train_loss": float(loss_sum) / float(seen), "train_top1": 100.0 * float(correct) / float(seen)}
         if allocator is not None:
             allocator.end_epoch(epoch)
         train_seconds = time.perf_counter() - started
         test = evaluate(model, data.test_images, data.test_labels, device, memory_format=memory_format)
         record.update(test_loss=test["loss"], test_top1=test["top1"], train_seconds=train_seconds,
-                      images_per_s=seen / train_seconds, seconds=time.perf_counter() - started)
+                      images_per_s=float(seen) / train_seconds, seconds=time.perf_counter() - started)
         if quantized:
             record["weight_avg"], record["act_avg"] = average_bits(model)
         history.append(record)
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:  # one writer; every rank holds the same state
             save_checkpoint(checkpoint, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -331,12 +377,14 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
                 "rng": {"data": generator.get_state(), "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                 "epoch": epoch, "metrics": history, "config": asdict(cfg), "meta": meta or {}})
-        if metrics_csv is not None:
+        if metrics_csv is not None and rank == 0:
             write_metrics_csv(metrics_csv, history)
         if tqdm and progress:
             bar.set_postfix(test_top1=f"{test['top1']:.2f}", loss=f"{record['train_loss']:.3f}")
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and rank == 0:
             on_epoch_end(record)
+        if world_size > 1:
+            dist.barrier()  # the checkpoint is on disk before any rank goes on
     return history
 
 
