@@ -90,7 +90,7 @@ class BitAllocator:
         >>> from torch import nn
         >>> q = dambq.convert(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2)), 4, 4)
         >>> alloc = BitAllocator(q, weight_target=3.0, act_target=None, window=(0, 0))
-        >>> q(torch.rand(16, 8)).sum().backward(); alloc.accumulate(); alloc.end_epoch(0)
+        >>> q(torch.rand(16, 8)).sum().backward(); alloc.accumulate(); record = alloc.end_epoch(0)
         >>> dambq.average_bits(q)[0] <= 3.0
         True
     """
