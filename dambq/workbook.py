@@ -42,6 +42,57 @@ PAPER_RESNET20_CIFAR10: list[dict[str, Any]] = [
 ]
 
 
+# Every result row the paper and the authors' V2 code publish (spec section 5), with the stages
+# and targets that run it (`python -m dambq.pipeline --profile paper <args>`).
+PUBLISHED_ROWS: list[dict[str, Any]] = [
+    {"network": "ResNet20", "arch": "resnet20", "setting": "W4A4", "paper": 92.45, "V2 code": 92.71,
+     "stage": "w4a4", "targets": (2.0, 2.0), "args": "--stages float,w4a4"},
+    {"network": "ResNet20", "arch": "resnet20", "setting": "W2.0A2.0", "paper": 91.69, "V2 code": 92.13,
+     "stage": "lba", "targets": (2.0, 2.0), "args": "--stages float,w4a4,lba"},
+    {"network": "ResNet20", "arch": "resnet20", "setting": "W1.0A2.0", "paper": 90.39, "V2 code": None,
+     "stage": "lba", "targets": (1.0, 2.0), "args": "--stages float,w4a4,lba --weight-target 1.0"},
+    {"network": "ResNet20", "arch": "resnet20", "setting": "W2.0A32", "paper": 92.68, "V2 code": None,
+     "stage": "lba_a32", "targets": (2.0, None),
+     "args": "--stages float,w4a32,lba_a32 --weight-target 2.0 --act-target none"},
+    {"network": "ResNet20", "arch": "resnet20", "setting": "W1.0A32", "paper": 91.19, "V2 code": None,
+     "stage": "lba_a32", "targets": (1.0, None),
+     "args": "--stages float,w4a32,lba_a32 --weight-target 1.0 --act-target none"},
+    {"network": "VGG-small", "arch": "vgg_small", "setting": "W4A4", "paper": 93.99, "V2 code": None,
+     "stage": "w4a4", "targets": (2.0, 2.0), "args": "--arch vgg_small --stages float,w4a4"},
+    {"network": "VGG-small", "arch": "vgg_small", "setting": "W1.0A2.0", "paper": 93.87, "V2 code": None,
+     "stage": "lba", "targets": (1.0, 2.0), "args": "--arch vgg_small --stages float,w4a4,lba --weight-target 1.0"},
+    {"network": "VGG-small", "arch": "vgg_small", "setting": "W0.7A32", "paper": 93.61, "V2 code": None,
+     "stage": "lba_a32", "targets": (0.7, None),
+     "args": "--arch vgg_small --stages float,w4a32,lba_a32 --weight-target 0.7 --act-target none"},
+    {"network": "ResNet18, ImageNet", "arch": "resnet18", "setting": "W2.0A2.0 / W2.0A32 / W1.0A32",
+     "paper": "67.8 / 70.0 / 65.88", "V2 code": None, "stage": None, "targets": None,
+     "args": "needs an ImageNet data path (streamed ImageFolder: not yet)"},
+]
+
+
+def published_rows(runs_dir: str | Path):
+    """The published rows beside this runs folder's own result for each, where it holds one for
+    the same network (a summary's profile is named with its number: a short profile is not a
+    reproduction). Returns a DataFrame."""
+    import json
+
+    import pandas as pd
+    from .pipeline import stage_file
+    rows = []
+    for row in PUBLISHED_ROWS:
+        ours = "-"
+        if row["stage"] is not None:
+            path = Path(runs_dir) / f"{stage_file(row['stage'], *row['targets'])}.json"
+            summary = json.loads(path.read_text()) if path.exists() else None
+            if summary is not None and summary.get("arch") == row["arch"]:
+                ours = f"{summary['top1']:.2f} ({summary['profile']} profile, {summary['epochs_done']} epochs)"
+        rows.append({"network": row["network"], "setting": row["setting"], "paper": row["paper"],
+                     "V2 code": row["V2 code"] if row["V2 code"] is not None else "-",
+                     "command": f"python -m dambq.pipeline --profile paper {row['args']}"
+                     if row["stage"] else row["args"], "this runs folder": ours})
+    return pd.DataFrame(rows).set_index(["network", "setting"])
+
+
 def resolve_profile(name: str) -> str:
     """"auto" -> "paper" when CUDA is available, else "quick"; other names are checked."""
     if name == "auto":

@@ -142,6 +142,16 @@ results.to_csv(runs_dir / "03_results.csv")
 results
 
 # %% [markdown]
+# ## Every published row
+#
+# The paper's and the authors' V2 code's numbers, the command that runs each at the paper's scale, and this runs
+# folder's own number where it holds one for the same network (named with its profile: a short profile is not a
+# reproduction).
+
+# %%
+wb.published_rows(runs_dir)
+
+# %% [markdown]
 # ## Bit report of the allocated model
 #
 # Per layer: groups, mean/min/max bits, pruned groups and size in bits, for weights and activations (8-bit first/last layers listed, outside the averages).
