@@ -9,7 +9,7 @@ per weight plus a code-book entry and a clip per group, and computed as b binary
   many planes as its own bit-width (0-bit groups cost nothing); per group the code-book
   entry (one byte) and clip (fp32), and once per layer the code-book's coefficients; a
   BatchNorm that directly follows (and nothing else reads the conv) folded into the clips
-  and the bias, exact in evaluation;
+  and the bias, exact in evaluation (any other BatchNorm as an fp16 scale and shift);
 - the fixed 8-bit layers as int8 weights and one scale;
 - every input quantizer as its range, sign mode and per-channel bits;
 - the graph, traced by torch.fx, so that `load_packed` needs neither the float model nor
@@ -372,20 +372,41 @@ def _flat(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(modules, gm.graph, class_name="PackedModel")
 
 
+class HalfBatchNorm(nn.Module):
+    """A BatchNorm that could not be folded, stored as one fp16 scale and shift per channel
+    (evaluation only: y = x * scale + shift, computed in fp32)."""
+
+    def __init__(self, scale: Tensor, shift: Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale.half())
+        self.register_buffer("shift", shift.half())
+
+    def __reduce__(self):
+        return HalfBatchNorm, (self.scale, self.shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return (x.float() * self.scale.float().view(shape) + self.shift.float().view(shape)).to(x.dtype)
+
+
 def _fold_batchnorms(gm: torch.fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm):
             continue
         bn, source = gm.get_submodule(node.target), node.args[0]
-        if not (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1):
+        if not bn.track_running_stats:
+            continue  # it normalises with the batch's own statistics even in evaluation
+        layer = gm.get_submodule(source.target) if isinstance(source, torch.fx.Node) and source.op == "call_module" \
+            else None
+        if (isinstance(layer, PackedLayer) and layer.kind == "conv" and len(source.users) == 1
+                and bn.num_features == layer.weight_shape[0]):
+            layer.fold_batchnorm(bn)
+            node.replace_all_uses_with(source)
+            gm.graph.erase_node(node)
             continue
-        layer = gm.get_submodule(source.target)
-        if (not isinstance(layer, PackedLayer) or layer.kind != "conv" or not bn.track_running_stats
-                or bn.num_features != layer.weight_shape[0]):
-            continue
-        layer.fold_batchnorm(bn)
-        node.replace_all_uses_with(source)
-        gm.graph.erase_node(node)
+        scale = (bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)) / (bn.running_var + bn.eps).sqrt()
+        shift = (bn.bias.detach() if bn.affine else torch.zeros_like(scale)) - bn.running_mean * scale
+        gm.add_submodule(node.target, HalfBatchNorm(scale, shift))
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -409,7 +430,7 @@ def packed_sizes(module: nn.Module, file_bytes: int | None = None) -> dict[str, 
                 sizes["biases"] += n
             elif isinstance(m, (PackedLayer, PackedAct)):
                 sizes["scales and code-book"] += n
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, HalfBatchNorm)):
                 sizes["BatchNorm (unfolded)"] += n
             else:
                 sizes["other tensors"] += n

@@ -31,6 +31,7 @@ from .quantizers import FLOAT_BITS, MAX_ACT_BITS
 
 RANK_BY = ("per_bit", "sensitivity")
 ERRORS = ("current", "next")
+SIGNALS = ("lba", "fisher", "random")
 
 
 @dataclass
@@ -80,6 +81,11 @@ class BitAllocator:
             divided by the group size; for activations V2 does not divide by the channel's H*W).
         error: "current" estimates the effect of the current quantization error (V2); "next"
             the effect of the next decrement itself.
+        signal: "lba" (the paper's first-order estimate, as `error` says); "fisher" (second
+            order, HAWQ-style: 0.5 * sum over the group of (dL/dQ * dQ)^2, the squared gradient
+            standing in for the Hessian diagonal and dQ the next decrement's change); "random"
+            (the control: seeded random scores through the same ranking; no tracking cost).
+        seed: the random signal's seed.
 
     Raises:
         ValueError: no quantized layers, a target outside its kind's range, a target for a kind
@@ -98,7 +104,8 @@ class BitAllocator:
     def __init__(self, model: nn.Module, weight_target: float | None = 2.0,
                  act_target: float | None = 2.0, window: tuple[int, int] = (0, 150),
                  max_ratio: float | tuple[float, float] = 0.3, min_act_bits: int = 1, min_weight_bits: int = 0,
-                 min_ratio: float = 0.01, rank_by: str = "per_bit", error: str = "current"):
+                 min_ratio: float = 0.01, rank_by: str = "per_bit", error: str = "current",
+                 signal: str = "lba", seed: int = 0):
         named = list(quant_layers(model))
         self.layer_names = [name for name, _ in named]
         layers = [layer for _, layer in named]
@@ -108,6 +115,9 @@ class BitAllocator:
             raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
         if error not in ERRORS:
             raise ValueError(f"error must be one of {ERRORS}, got {error!r}")
+        if signal not in SIGNALS:
+            raise ValueError(f"signal must be one of {SIGNALS}, got {signal!r}")
+        self.signal, self.seed = signal, seed
         if not (0 <= window[0] <= window[1]):
             raise ValueError(f"window must be (first, last) with 0 <= first <= last, got {window}")
         ratios = tuple(max_ratio) if isinstance(max_ratio, (tuple, list)) else (max_ratio, max_ratio)
@@ -134,7 +144,7 @@ class BitAllocator:
                              "act_bits=None?): pass act_target=None to allocate weights only")
         for kind in self.kinds:
             for q in kind.quantizers:
-                q.track = error
+                q.track = {"lba": error, "fisher": "fisher", "random": None}[signal]
                 q.step_sensitivity = torch.zeros(q.bits.numel(), device=q.bits.device)
                 q.sensitivity_sum = torch.zeros(q.bits.numel(), device=q.bits.device)
         self.history: list[dict] = []
@@ -165,6 +175,10 @@ class BitAllocator:
                 for total in kind.sums:
                     dist.all_reduce(total)
             lowered = 0
+            if self.signal == "random":  # the control: the same machinery ranking random scores
+                generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+                for total in kind.sums:
+                    total.copy_(torch.rand(total.shape, generator=generator, dtype=torch.float64))
             if kind.target is not None and self.window[0] <= epoch <= self.window[1]:
                 lowered = self._lower(kind, epoch)
             record[f"{kind.name}_avg"] = kind.average()
@@ -244,6 +258,7 @@ class BitAllocator:
                 "history": list(self.history),
                 "config": {"window": self.window, "max_ratio": self.max_ratio,
                            "min_ratio": self.min_ratio, "rank_by": self.rank_by, "error": self.error,
+                           "signal": self.signal, "seed": self.seed,
                            "weight_target": self.kinds[0].target, "act_target": self.kinds[1].target}}
 
     def load_state_dict(self, state: dict) -> None:

@@ -85,9 +85,9 @@ class _SnapToLevels(torch.autograd.Function):
     the next lower bit-width would make, sum_j (Q_{b-1} - Q_b)_j * dL/dQ_j)."""
 
     @staticmethod
-    def forward(ctx, w, levels, clip, sensitivity, next_levels):
+    def forward(ctx, w, levels, clip, sensitivity, next_levels, square=False):
         q = snap(w, levels)
-        ctx.sensitivity, ctx.has_next = sensitivity, next_levels is not None
+        ctx.sensitivity, ctx.has_next, ctx.square = sensitivity, next_levels is not None, square
         ctx.save_for_backward(w, q, clip, next_levels if next_levels is not None else q)
         return q
 
@@ -96,12 +96,14 @@ class _SnapToLevels(torch.autograd.Function):
         w, q, clip, next_levels = ctx.saved_tensors
         if ctx.sensitivity is not None:
             with torch.no_grad():
-                if ctx.has_next:
+                if ctx.has_next and ctx.square:  # second order: 0.5 * sum (g * dQ)^2, g^2 the Fisher diagonal
+                    ctx.sensitivity.add_(((snap(w, next_levels) - q) * grad_q).square().sum(1) * 0.5)
+                elif ctx.has_next:
                     ctx.sensitivity.add_(((snap(w, next_levels) - q) * grad_q).sum(1))
                 else:
                     ctx.sensitivity.add_(((w - q) * grad_q).sum(1))
         grad_w = grad_q * (w.abs() <= clip[:, None])
-        return grad_w, None, None, None, None
+        return grad_w, None, None, None, None, None
 
 
 class DMBQWeight(_Fp32State):
@@ -167,9 +169,10 @@ class DMBQWeight(_Fp32State):
                 self.shape_stat.lerp_(shape, self.momentum)
         sensitivity = self.step_sensitivity if self.track and torch.is_grad_enabled() else None
         next_levels = self.code((self.bits - 1).clamp_min(0))[0] if sensitivity is not None \
-            and self.track == "next" else None
+            and self.track in ("next", "fisher") else None
         levels, clip = self.code()
-        q = _SnapToLevels.apply(w, levels.to(w.dtype), clip.to(w.dtype), sensitivity, next_levels)
+        q = _SnapToLevels.apply(w, levels.to(w.dtype), clip.to(w.dtype), sensitivity, next_levels,
+                                self.track == "fisher")
         return q.reshape(weight.shape)
 
     def extra_repr(self) -> str:
@@ -241,13 +244,13 @@ class _UniformActQuant(torch.autograd.Function):
     clip gradient (results/step-speed.md has the whole-step effect)."""
 
     @staticmethod
-    def forward(ctx, x, clip, n, sensitivity, track_next):
+    def forward(ctx, x, clip, n, sensitivity, track_next, square=False):
         y = _uniform_levels(x.float(), clip, n)
         if x.dtype != torch.float32:  # autocast: levels and rounding in fp32, handed on in x's dtype
             y = y.to(x.dtype)
         # y is saved too: the next layer keeps it for its own backward, so it is free
         ctx.save_for_backward(x, y, clip, n)
-        ctx.sensitivity, ctx.track_next, ctx.in_dtype = sensitivity, track_next, x.dtype
+        ctx.sensitivity, ctx.track_next, ctx.in_dtype, ctx.square = sensitivity, track_next, x.dtype, square
         return y
 
     @staticmethod
@@ -276,14 +279,17 @@ class _UniformActQuant(torch.autograd.Function):
                     buffer.sub_(y)  # Q_{b-1} - Q_b
                 else:
                     torch.sub(x, y, out=buffer)  # x - Q_b
-                ctx.sensitivity.add_(per_channel(buffer.mul_(grad_y)).reshape(-1))
+                buffer.mul_(grad_y)
+                if ctx.square:  # second order: 0.5 * sum (g * dQ)^2
+                    buffer.square_().mul_(0.5)
+                ctx.sensitivity.add_(per_channel(buffer).reshape(-1))
         # inside [0, clip] <=> |x - clip/2| <= clip/2; a pruned channel gets -1: never inside
         half = torch.where(n > 0, clip_ / 2, -1.0)
         grad_x = torch.sub(x, half, out=buffer).abs_().le_(half).mul_(grad_y)
         # d y / d clip = (y - x * inside) / clip: (y - x) / clip inside, 1 above, 0 below;
         # the two sums are whole-tensor dot products (one pass each, no temporary)
         grad_clip = (_dot(grad_y, y) - _dot(grad_x, x)) / clip_
-        return grad_x.to(ctx.in_dtype), grad_clip.reshape(clip.shape), None, None, None
+        return grad_x.to(ctx.in_dtype), grad_clip.reshape(clip.shape), None, None, None, None
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -321,10 +327,10 @@ class _SignedActQuant(torch.autograd.Function):
     models that need it, not on the ReLU ResNets whose step time is benchmarked."""
 
     @staticmethod
-    def forward(ctx, x, low, high, n, sensitivity, track_next):
+    def forward(ctx, x, low, high, n, sensitivity, track_next, square=False):
         y = _signed_levels(x.float(), low, high, n)
         ctx.save_for_backward(x, low, high, n)
-        ctx.sensitivity, ctx.track_next, ctx.in_dtype = sensitivity, track_next, x.dtype
+        ctx.sensitivity, ctx.track_next, ctx.in_dtype, ctx.square = sensitivity, track_next, x.dtype, square
         return y.to(x.dtype)
 
     @staticmethod
@@ -340,7 +346,10 @@ class _SignedActQuant(torch.autograd.Function):
                     other = _signed_levels(x, lo, hi, ((n + 1) // 2 - 1).clamp_min(0)) - y
                 else:
                     other = x - y
-                ctx.sensitivity.add_((other * grad_y).sum(reduce_dims, keepdim=True).reshape(-1))
+                term = other * grad_y
+                if ctx.square:  # second order: 0.5 * sum (g * dQ)^2
+                    term = term.square() * 0.5
+                ctx.sensitivity.add_(term.sum(reduce_dims, keepdim=True).reshape(-1))
         live = n > 0
         inside = (x >= lo) & (x <= hi) & live
         span = (hi - lo).clamp_min(1e-8)
@@ -349,7 +358,7 @@ class _SignedActQuant(torch.autograd.Function):
         grad_high = inner + (grad_y * ((x > hi) & live)).sum()
         grad_low = -inner + (grad_y * ((x < lo) & live)).sum()
         return (grad_x.to(ctx.in_dtype), grad_low.reshape(low.shape).to(low.dtype),
-                grad_high.reshape(high.shape).to(high.dtype), None, None, None)
+                grad_high.reshape(high.shape).to(high.dtype), None, None, None, None)
 
 
 def _signed_levels(x: Tensor, low: Tensor, high: Tensor, n: Tensor) -> Tensor:
@@ -461,10 +470,11 @@ class UniformAct(_Fp32State):
         self.positions.fill_(max(1, per_image // self.channels))
         sensitivity = self.step_sensitivity if self.track and torch.is_grad_enabled() else None
         n_levels = (2 ** self.bits - 1).view(channel_shape)
+        track_next, square = self.track in ("next", "fisher"), self.track == "fisher"
         if self.signed:
             low, high = self.range()
-            return _SignedActQuant.apply(x, low, high, n_levels, sensitivity, self.track == "next")
-        return _UniformActQuant.apply(x, self.act_clip, n_levels, sensitivity, self.track == "next")
+            return _SignedActQuant.apply(x, low, high, n_levels, sensitivity, track_next, square)
+        return _UniformActQuant.apply(x, self.act_clip, n_levels, sensitivity, track_next, square)
 
     def extra_repr(self) -> str:
         b = self.bits.float()

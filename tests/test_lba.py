@@ -229,3 +229,46 @@ def test_resnet20_allocation_reaches_target_on_real_layer_sizes():
         alloc.end_epoch(epoch)
     w, a = dambq.average_bits(model)
     assert 1.99 <= w <= 2.0 and 1.99 <= a <= 2.0
+
+
+def test_second_order_signal_is_half_the_squared_first_order_terms():
+    """signal="fisher": per group 0.5 * sum_j (dL/dQ_j * (Q_{b-1} - Q_b)_j)^2."""
+    from dambq.codebook import snap
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    q = dambq.convert(model, 3, 3)
+    dambq.calibrate_act_clips(q, torch.rand(64, 6))  # clips that let inputs through (not all 0)
+    quant = q[2].weight_quant
+    alloc = dambq.BitAllocator(q, weight_target=2.0, act_target=2.0, window=(0, 0), signal="fisher")
+    seen = {}
+
+    def keep_gradient(module, args, out):  # dL/dQ of this layer's quantized weight
+        out.register_hook(lambda g: seen.setdefault("g", g))
+
+    quant.register_forward_hook(keep_gradient)
+    q(torch.rand(7, 6)).square().sum().backward()
+    alloc.accumulate()
+    with torch.no_grad():
+        w = q[2].weight.reshape(quant.groups, -1)
+        change = snap(w, quant.code((quant.bits - 1).clamp_min(0))[0]) - snap(w, quant.code()[0])
+        expected = 0.5 * (change * seen["g"].reshape(quant.groups, -1)).square().sum(1)
+    torch.testing.assert_close(quant.sensitivity_sum, expected, rtol=1e-5, atol=1e-9)
+    assert expected.sum() > 0
+    with pytest.raises(ValueError, match="signal"):
+        dambq.BitAllocator(q, signal="hessian")
+
+
+def test_random_signal_lands_on_the_target_and_is_seeded():
+    results = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+        q = dambq.convert(model, 4, 4)
+        alloc = dambq.BitAllocator(q, weight_target=2.5, act_target=3.0, window=(0, 0), signal="random", seed=seed)
+        q(torch.rand(8, 6)).sum().backward()
+        alloc.accumulate()
+        alloc.end_epoch(0)
+        w, a = dambq.average_bits(q)
+        assert w <= 2.5 and a <= 3.0
+        results.append(q[2].weight_bits.tolist())
+    assert results[0] == results[1] != results[2]
