@@ -31,7 +31,7 @@ from .quantizers import FLOAT_BITS, MAX_ACT_BITS
 
 RANK_BY = ("per_bit", "sensitivity")
 ERRORS = ("current", "next")
-SIGNALS = ("lba", "fisher", "random")
+SIGNALS = ("lba", "fisher", "random", "uniform")
 
 
 @dataclass
@@ -84,7 +84,9 @@ class BitAllocator:
         signal: "lba" (the paper's first-order estimate, as `error` says); "fisher" (second
             order, HAWQ-style: 0.5 * sum over the group of (dL/dQ * dQ)^2, the squared gradient
             standing in for the Hessian diagonal and dQ the next decrement's change); "random"
-            (the control: seeded random scores through the same ranking; no tracking cost).
+            (the control: seeded random scores through the same ranking; no tracking cost);
+            "uniform" (no allocation: every group at the target's bits from the start, for whole
+            targets, as the paper's "every channel at W2A2" comparison).
         seed: the random signal's seed.
 
     Raises:
@@ -144,10 +146,19 @@ class BitAllocator:
                              "act_bits=None?): pass act_target=None to allocate weights only")
         for kind in self.kinds:
             for q in kind.quantizers:
-                q.track = {"lba": error, "fisher": "fisher", "random": None}[signal]
+                q.track = {"lba": error, "fisher": "fisher", "random": None, "uniform": None}[signal]
                 q.step_sensitivity = torch.zeros(q.bits.numel(), device=q.bits.device)
                 q.sensitivity_sum = torch.zeros(q.bits.numel(), device=q.bits.device)
         self.history: list[dict] = []
+        if signal == "uniform":
+            for kind in self.kinds:
+                if kind.target is None:
+                    continue
+                if not float(kind.target).is_integer():
+                    raise ValueError(f"signal='uniform' puts every group at the target's bits: {kind.name}_target "
+                                     f"must be a whole number, got {kind.target}")
+                for q in kind.quantizers:
+                    q.bits.fill_(int(kind.target))
 
     # ------------------------------------------------------------------ every step
     @torch.no_grad()

@@ -85,15 +85,26 @@ def stage_quantization(stage: str, profile: Profile) -> dict | None:
             "granularity": profile.granularity}
 
 
-def stage_file(stage: str, weight_target: float | None = 2.0, act_target: float | None = 2.0) -> str:
+def stage_file(stage: str, weight_target: float | None = 2.0, act_target: float | None = 2.0,
+               signal: str = "lba", seed: int = 0) -> str:
     """File stem of a stage's outputs in its runs folder.
 
-    Allocating stages carry their targets (``lba-W1.5A2.0``) unless they are the
-    paper's W2.0A2.0, so runs for several targets share one folder (and the W4A4
-    checkpoint they start from) without reading back each other's results."""
-    if not STAGES[stage].allocate or (weight_target, act_target) == (2.0, 2.0):
+    Allocating stages carry their targets (``lba-W1.5A2.0``) unless they are the paper's
+    W2.0A2.0, their allocation signal unless it is LBA (``lba-fisher-W2.0A2.0``) and their
+    seed unless it is 0 (``lba-W2.0A2.0-s1``), so runs of several targets, methods and seeds
+    share one folder (and the W4A4 checkpoint they start from) without reading back each
+    other's results.
+
+    Example:
+        >>> stage_file("lba", 2.0, 2.0), stage_file("lba", 1.0, 2.0, "random", 1)
+        ('lba', 'lba-random-W1.0A2.0-s1')
+    """
+    if not STAGES[stage].allocate:
         return stage
-    return f"{stage}-{target_label(weight_target, act_target)}"
+    name = stage if signal == "lba" else f"{stage}-{signal}"
+    if (weight_target, act_target) != (2.0, 2.0) or signal != "lba":
+        name += f"-{target_label(weight_target, act_target)}"
+    return name + (f"-s{seed}" if seed else "")
 
 
 def device_name(device: torch.device) -> str:
@@ -333,7 +344,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     spec = STAGES[stage]
     cfg = getattr(profile, spec.schedule)
     data = data if data is not None else load_data(profile, data_root)
-    name = stage_file(stage, weight_target, act_target)
+    name = stage_file(stage, weight_target, act_target, (allocator_args or {}).get("signal", "lba"), seed)
     checkpoint = out / f"{name}.pt"
     resuming = checkpoint.exists()
     made_with = stage_made_with(stage, profile, out, data, seed, weight_target, act_target, allocator_args)
@@ -385,7 +396,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
         summary["targets"] = [weight_target, act_target]
         summary["window"] = list(profile.lba_window)
         summary["allocator"] = {**recipe_allocator_args(profile), **(allocator_args or {})}
-    summary["world_size"] = world()[1]
+    summary["world_size"], summary["file"] = world()[1], name
     if world()[0] == 0:  # one writer under torchrun; every rank returns the same summary
         if allocator is not None:
             bit_report(model).to_csv(out / f"{name}-bits.csv")
@@ -506,6 +517,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate of every stage run")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every stage run")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size of every stage run")
+    parser.add_argument("--signal", default="lba", choices=["lba", "fisher", "random", "uniform"],
+                        help="allocation signal of allocating stages (dambq.lba.SIGNALS); recorded, and in file names")
     parser.add_argument("--evaluate", default=None, metavar="CHECKPOINT",
                         help="only evaluate this checkpoint (any stage) on the profile's test set")
     parser.add_argument("--report", default=None, help="write a markdown table of every finished stage here")
@@ -549,11 +562,13 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data(profile, args.data)
     first_epoch = 0.0  # seconds of the last stage's first epoch (compilation included): the next one's estimate
     for stage in filter(None, args.stages.split(",")):
-        if deadline is not None and not (out / f"{stage_file(stage, args.weight_target, args.act_target)}.pt").exists() and time.time() + first_epoch > deadline:
+        done = out / f"{stage_file(stage, args.weight_target, args.act_target, args.signal, args.seed)}.pt"
+        if deadline is not None and not done.exists() and time.time() + first_epoch > deadline:
             print(f"time budget spent: {stage} not started (its first epoch would end after the budget); "
                   f"rerun the same command to continue", flush=True)
             break
         summary = run_stage(stage, profile, out, data=data, device=device, seed=args.seed,
+                            allocator_args={"signal": args.signal, "seed": args.seed} if args.signal != "lba" else None,
                             weight_target=args.weight_target, act_target=args.act_target,
                             amp=switch[args.amp], compile=switch[args.compile], compile_mode=args.compile_mode,
                             deadline=deadline, progress=not args.no_progress)

@@ -59,7 +59,7 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
                   "| epoch | W avg | A avg | weight decrements | activation decrements |", "|---|---|---|---|---|"]
         lines += [f"| {r['epoch']} | {r['weight_avg']:.4f} | {r['act_avg']:.4f} | {r['weight_lowered']} | "
                   f"{r['act_lowered']} |" for r in s["allocation"]]
-        bits_csv = out / f"{stage_file(s['stage'], w, a)}-bits.csv"
+        bits_csv = out / f"{s.get('file') or stage_file(s['stage'], w, a)}-bits.csv"
         if bits_csv.exists():
             rows = [line.split(",") for line in bits_csv.read_text().splitlines()]
             lines += ["", "Per-layer bits at the end (`dambq.bit_report`):", "",

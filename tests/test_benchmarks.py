@@ -53,3 +53,20 @@ def test_clip_init_script_writes_its_table(tmp_path):
                    check=True, cwd=tmp_path, capture_output=True, text=True)
     text = out.read_text()
     assert "| 2 | 3.0 (spec) | " in text and "| 2 | MSE-calibrated | " in text and "synthetic" in text
+
+
+@pytest.mark.slow
+def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
+    report = tmp_path / "frontier.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allocation_frontier.py"), "--profile", "smoke",
+                           "--out", str(tmp_path / "runs"), "--device", "cpu", "--seeds", "2", "--targets", "2,2",
+                           "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = report.read_text()
+    for method in ("lba", "fisher", "random", "uniform"):
+        assert f"| W2.0A2.0 | {method} |" in text
+    files = sorted(p.name for p in (tmp_path / "runs").glob("lba*.json"))
+    assert files == sorted(["lba.json", "lba-s1.json"] + [f"lba-{m}-W2.0A2.0{s}.json" for m in
+                                                                  ("fisher", "random", "uniform") for s in ("", "-s1")])
+    uniform = [line for line in text.splitlines() if line.startswith("| W2.0A2.0 | uniform | 0 |")]
+    assert uniform and "| 2.000 | 2.000 |" in uniform[0]  # every channel at the target

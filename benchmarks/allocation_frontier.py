@@ -1,0 +1,88 @@
+"""The allocation evidence: top-1 against bits for LBA and its rivals, with seeds.
+
+    python benchmarks/allocation_frontier.py --profile quick --out runs/frontier     # hours on 2 CPU cores
+    python benchmarks/allocation_frontier.py --profile smoke --out /tmp/f --seeds 1   # a dry run in seconds
+
+From one trained W4A4 model (the `w4a4` stage of --out, trained first if missing), every
+target x method x seed trains the profile's `lba` schedule: methods are LBA (the paper's
+first-order signal), "fisher" (second order: squared gradient times the next decrement's
+change squared), "random" (seeded control) and "uniform" (every channel at the target's
+bits, no allocation); `dambq.lba.SIGNALS`. Each run is its own stage file
+(``lba-<method>-W<w>A<a>-s<seed>``) and resumes if killed; rerunning reads finished runs back.
+Writes results/allocation-frontier.md: top-1 as mean and range over seeds, and the bits each
+run landed on.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from dambq.pipeline import cpu_model, device_name, load_data, run_stage
+from dambq.profiles import get_profile, target_label
+from dambq.train import resolve_device
+
+TARGETS = ((3.0, 3.0), (2.0, 2.0), (1.0, 2.0))
+METHODS = ("lba", "fisher", "random", "uniform")
+
+
+def landed(runs: list[dict], key: str) -> str:
+    return ", ".join(f"{r[key]:.3f}" for r in runs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--out", default="runs/frontier")
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--targets", default=";".join(f"{w},{a}" for w, a in TARGETS),
+                        help="semicolon list of W,A pairs")
+    parser.add_argument("--report", default="results/allocation-frontier.md")
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    out, device = Path(args.out), resolve_device(args.device)
+    data = load_data(profile, args.data)
+    for stage in ("float", "w4a4"):
+        run_stage(stage, profile, out, data=data, device=device, progress=False)
+    targets = [tuple(float(v) for v in pair.split(",")) for pair in args.targets.split(";")]
+    methods = args.methods.split(",")
+    runs = []
+    for weight_target, act_target in targets:
+        for method in methods:
+            for seed in range(args.seeds):
+                allocator = {"signal": method, "seed": seed} if method != "lba" else None
+                summary = run_stage("lba", profile, out, data=data, device=device, seed=seed, progress=False,
+                                    weight_target=weight_target, act_target=act_target, allocator_args=allocator)
+                summary.pop("model")
+                runs.append({"target": target_label(weight_target, act_target), "method": method, "seed": seed,
+                             **{k: summary[k] for k in ("top1", "weight_avg", "act_avg", "epochs_done", "file")}})
+                print(runs[-1], flush=True)
+    lines = ["# Allocation frontier: LBA against a second-order signal, random allocation and no allocation", "",
+             f"Command: `python benchmarks/allocation_frontier.py --profile {args.profile} --out {args.out} "
+             f"--seeds {args.seeds}`", "",
+             f"Profile `{profile.name}` ({profile.note}); every run: the profile's `lba` schedule "
+             f"({profile.lba.epochs} epochs, window {list(profile.lba_window)}) from the same W4A4 model; "
+             f"device {device_name(device)}{', ' + cpu_model() if device.type == 'cpu' else ''}.", "",
+             "| target | method | top-1 mean (%) | range over seeds | seeds | W avg landed | A avg landed |",
+             "|---|---|---|---|---|---|---|"]
+    for weight_target, act_target in targets:
+        label = target_label(weight_target, act_target)
+        for method in methods:
+            rs = [r for r in runs if r["target"] == label and r["method"] == method]
+            tops = [r["top1"] for r in rs]
+            lines.append(f"| {label} | {method} | {statistics.mean(tops):.2f} | {min(tops):.2f} - {max(tops):.2f} | "
+                         f"{len(rs)} | {landed(rs, 'weight_avg')} | {landed(rs, 'act_avg')} |")
+    lines += ["", "Every run:", "", "| target | method | seed | top-1 (%) | W avg | A avg | epochs | file |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['target']} | {r['method']} | {r['seed']} | {r['top1']:.2f} | {r['weight_avg']:.3f} | "
+              f"{r['act_avg']:.3f} | {r['epochs_done']} | {r['file']} |" for r in runs]
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
