@@ -206,7 +206,15 @@ def vgg_small_linear(num_classes: int = 10) -> VGGSmall:
 
 # The plain names are the authors' networks (what the paper's numbers were measured on);
 # "_zeropad" / "_linear" are the variants this workbook used before (results/quick-cpu.md).
+def tv_resnet18(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ImageNet ResNet18 (random weights): the paper's ImageNet network. Its first
+    conv and last linear stay at 8 bits (the paper's rule, `dambq.convert.paper_8bit_layers`)."""
+    import torchvision
+    return torchvision.models.resnet18(num_classes=num_classes)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    "tv_resnet18": tv_resnet18,
     "resnet20": resnet20,
     **{f"resnet{d}": _resnet(d, "conv") for d in (32, 44, 56, 110)},
     **{f"resnet{d}_zeropad": _resnet(d, "zero_pad") for d in (20, 32, 44, 56, 110)},

@@ -31,7 +31,8 @@ from .lba import BitAllocator, bit_report
 from .quantizers import UniformAct
 from .models import build_model
 from .profiles import RECIPES, Profile, get_profile, target_label, with_schedule
-from .train import Distillation, evaluate, fit, load_checkpoint, resolve_device, world
+from .folders import FolderData, load_image_folder
+from .train import Distillation, data_sizes, evaluate, fit, load_checkpoint, num_classes, resolve_device, world
 
 
 RECIPE = "recipe"    # a Stage's code-book: the profile's recipe's
@@ -132,8 +133,19 @@ def cpu_model() -> str:
     return ", ".join([name, *units] or [name]) + ("" if units else f", {capability}")
 
 
-def load_data(profile: Profile, root: str | Path | None = None) -> Cifar10:
-    """The profile's data: its source and limits, from `root` or DAMBQ_DATA."""
+def load_data(profile: Profile, root: str | Path | None = None) -> Cifar10 | FolderData:
+    """The profile's data: its source and limits, from `root` or DAMBQ_DATA (an image folder
+    for `data_source="imagefolder"`, e.g. the imagenet profile).
+
+    Raises:
+        FileNotFoundError: no data where the profile looks (the message says where it looked)."""
+    if profile.data_source == "imagefolder":
+        import os
+        root = root or os.environ.get("DAMBQ_DATA")
+        if root is None:
+            raise FileNotFoundError(f"the {profile.name} profile reads an image folder (train/ and val/ inside): "
+                                    "pass --data ROOT (or set DAMBQ_DATA)")
+        return load_image_folder(root, image_size=profile.image_size)
     return load_cifar10(root, source=profile.data_source, train_limit=profile.train_limit,
                         test_limit=profile.test_limit)
 
@@ -155,8 +167,11 @@ def init_act_clips(model: nn.Module, how: str | float, data: Cifar10 | None, dev
     if how == "mse":
         if data is None:
             raise ValueError("act_clip_init='mse' needs the data to calibrate on")
-        pick = torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(seed))
-        images = normalize(data.train_images[pick[:CALIBRATION_IMAGES]].to(device))
+        if isinstance(data, FolderData):
+            images = data.calibration_images(CALIBRATION_IMAGES, seed).to(device)
+        else:
+            pick = torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(seed))
+            images = normalize(data.train_images[pick[:CALIBRATION_IMAGES]].to(device))
         calibrate_act_clips(model.to(device), images)
         return
     try:
@@ -239,8 +254,8 @@ def stage_made_with(stage: str, profile: Profile, out: Path, data: Cifar10, seed
 
     Not included: the device, precision and compilation (a run may move between machines)."""
     spec = STAGES[stage]
-    made = {"stage": stage, "arch": profile.arch, "data": f"{data.source}, {len(data.train_labels)} train / "
-            f"{len(data.test_labels)} test", "seed": seed, "schedule": asdict(getattr(profile, spec.schedule)),
+    made = {"stage": stage, "arch": profile.arch, "data": f"{data.source}, {data_sizes(data)[0]} train / "
+            f"{data_sizes(data)[1]} test", "seed": seed, "schedule": asdict(getattr(profile, spec.schedule)),
             "quantization": stage_quantization(stage, profile), "act_clip_init": clip_start(stage, profile, out),
             "teacher": spec.teacher}
     if spec.allocate:
@@ -281,7 +296,7 @@ def build_stage_model(stage: str, profile: Profile, out: Path, device: torch.dev
     converted from float gets its activation clips from `profile.act_clip_init` unless
     `init_clips` is False: a stage that resumes from its own checkpoint restores them)."""
     spec = STAGES[stage]
-    model = build_model(profile.arch)
+    model = build_model(profile.arch, num_classes(data) if data is not None else 10)
     if spec.parent is None:
         return model
     parent = STAGES[spec.parent]
@@ -366,17 +381,18 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
                                  **{**recipe_allocator_args(profile), **(allocator_args or {})})
     loss_fn = None
     if spec.teacher is not None:
-        teacher = build_model(profile.arch)
+        teacher = build_model(profile.arch, num_classes(data))
         teacher.load_state_dict(load_checkpoint(out / f"{spec.teacher}.pt", map_location="cpu")["model"])
         loss_fn = Distillation(teacher)
     history = fit(model, data, cfg, device=device_, allocator=allocator, checkpoint=checkpoint,
                   metrics_csv=out / f"{name}.csv", seed=seed, stage=stage, progress=progress,
                   meta={"stage": stage, "profile": profile.name, "arch": profile.arch,
                         "quantization": stage_quantization(stage, profile), "recipe": profile.recipe,
-                        "made_with": made_with, "setup_seconds": setup_seconds, "code": code_version()},
+                        "made_with": made_with, "setup_seconds": setup_seconds, "code": code_version(),
+                        "num_classes": num_classes(data)},
                   on_epoch_end=on_epoch_end, loss_fn=loss_fn, amp=amp, compile=compile,
                   compile_mode=compile_mode, deadline=deadline)
-    final = evaluate(model, data.test_images, data.test_labels, device_)
+    final = evaluate(model, data, device=device_)
     summary = {"stage": stage, "description": spec.description, "profile": profile.name,
                "arch": profile.arch, "data": data.source, "device": device_name(device_),
                "act_clip_init": clip_start(stage, profile, out), "recipe": profile.recipe, "schedule": asdict(cfg),
@@ -428,7 +444,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     if "arch" not in meta or ("quantization" not in meta and meta.get("stage") != "float"):
         raise ValueError(f"{path}: its meta does not record the network and conversion "
                          f"(has {sorted(meta)}); rerun the stage with this version to use it")
-    model = build_model(meta["arch"])
+    model = build_model(meta["arch"], meta.get("num_classes", 10))
     if meta.get("quantization"):
         model = convert(model, **meta["quantization"], inplace=True)
     model.load_state_dict(state["model"])
@@ -448,7 +464,7 @@ def evaluate_checkpoint(path: str | Path, profile: Profile | str = "quick", data
     profile = get_profile(profile) if isinstance(profile, str) else profile
     data = data if data is not None else load_data(profile, data_root)
     device_ = resolve_device(device)
-    result = evaluate(model.to(device_), data.test_images, data.test_labels, device_)
+    result = evaluate(model.to(device_), data, device=device_)
     row = {"checkpoint": str(path), "stage": meta.get("stage"), "arch": meta["arch"], "data": data.source,
            "epochs_trained": int(state["epoch"]) + 1, "top1": result["top1"], "test_loss": result["loss"]}
     if meta.get("quantization"):

@@ -75,6 +75,7 @@ class Profile:
     granularity: str = "channel"         # "channel" or "layer"
     codebook: str | None = None          # overrides the recipe's code-book
     max_ratio: tuple[float, float] | None = None  # overrides the recipe's LBA ramp end (weights, activations)
+    image_size: int = 224                # streamed image folders only (data_source="imagefolder")
     note: str = ""
 
 
@@ -97,6 +98,19 @@ PROFILES: dict[str, Profile] = {
         note="CPU-scale: all three stages on the CIFAR-10 JPEG copy in under an hour on 2 cores; "
              "short schedules, not a reproduction of the paper's numbers; the zero-padding ResNet20 its "
              "results (results/quick-cpu.md) were measured on (--arch resnet20 for the authors' network)"),
+    "imagenet": Profile(
+        name="imagenet",
+        float=StageConfig(epochs=90, lr=0.1, batch_size=256, weight_decay=1e-4, nesterov=False,
+                          schedule="step", milestones=(30, 60)),
+        w4a4=StageConfig(epochs=30, lr=0.01, batch_size=256, weight_decay=1e-4, nesterov=False,
+                         schedule="step", milestones=(20,)),
+        lba=StageConfig(epochs=30, lr=0.01, batch_size=256, weight_decay=1e-4, nesterov=False,
+                        schedule="step", milestones=(20,)),
+        lba_window=(0, 15),
+        data_source="imagefolder", arch="tv_resnet18",
+        note="ResNet18 on an ImageNet folder (train/, val/): the paper's W2.0A2.0 / W2.0A32 / W1.0A32 rows; the "
+             "paper gives no ImageNet schedule, this is torchvision's ResNet18 recipe (90 epochs float) and 30 "
+             "per quantized stage; needs a real ImageNet and several GPUs"),
     "paper": Profile(
         name="paper",
         float=StageConfig(epochs=300, lr=0.05, batch_size=512, weight_decay=1e-4, nesterov=False,

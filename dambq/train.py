@@ -27,6 +27,7 @@ from torch import nn
 from .convert import average_bits, is_quantized
 from .batches import batches, steps_per_epoch
 from .data import Cifar10
+from .folders import FolderData
 from .profiles import StageConfig
 
 try:
@@ -145,25 +146,46 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: StageConfig, steps: in
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+def evaluate(model: nn.Module, images, labels: torch.Tensor | None = None, device: torch.device | None = None,
              batch_size: int | None = None, memory_format=torch.contiguous_format) -> dict[str, float]:
     """Mean cross-entropy and top-1 (%) in eval mode, always in float32, eager.
 
-    Batch size does not change the result. Default: 250 on a CPU (of 250, 500 and 1000 the
-    fastest on 2 cores; a one-off measurement), 2000 on a GPU, where an epoch of the paper
-    profile is well under a second and 40 small evaluation batches would cost a third of it."""
+    `images` are test images (with `labels`), or a whole data set (`Cifar10` or streamed
+    `FolderData`): its test split. Batch size does not change the result. Default: 250 on a
+    CPU (of 250, 500 and 1000 the fastest on 2 cores; a one-off measurement), 2000 on a GPU,
+    where an epoch of the paper profile is well under a second and 40 small evaluation
+    batches would cost a third of it; 256 for streamed data."""
+    device = device if device is not None else next(model.parameters()).device
     if batch_size is None:
         batch_size = 2000 if device.type == "cuda" else 250
+    if isinstance(images, FolderData):
+        stream, count = images.test_batches(min(batch_size, 256), device, memory_format), images.num_test
+    else:
+        if isinstance(images, Cifar10):
+            images, labels = images.test_images, images.test_labels
+        stream = batches(images, labels, batch_size, shuffle=False, augment=False, device=device,
+                         memory_format=memory_format)
+        count = labels.numel()
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in batches(images, labels, batch_size, shuffle=False, augment=False, device=device,
-                        memory_format=memory_format):
+    for x, y in stream:
         logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    count = labels.numel()
     return {"loss": float(loss_sum) / count, "top1": 100.0 * float(correct) / count}
+
+
+def data_sizes(data) -> tuple[int, int]:
+    """(training, test) examples of a resident `Cifar10` or a streamed `FolderData`."""
+    if isinstance(data, FolderData):
+        return data.num_train, data.num_test
+    return len(data.train_labels), len(data.test_labels)
+
+
+def num_classes(data) -> int:
+    """Classes of a data set: 10 for CIFAR-10, the folder count of an image folder."""
+    return len(data.classes) if isinstance(data, FolderData) else 10
 
 
 class Distillation(nn.Module):
@@ -308,7 +330,8 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
     memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     generator = seed_everything(seed, device)
-    steps = steps_per_epoch(len(data.train_labels), cfg.batch_size, drop_last=True)
+    steps = steps_per_epoch(data_sizes(data)[0], cfg.batch_size, drop_last=True)
+    streamed = isinstance(data, FolderData)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
     history, start_epoch = [], 0
@@ -323,7 +346,8 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
     step_fn = torch.compile(step_model, mode=compile_mode) if settings["compile"] else step_model
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device=device, memory_format=memory_format)
-    train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
+    if not streamed:  # resident: the uint8 set moves to the device once
+        train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
     epochs = range(start_epoch, cfg.epochs)
     progress = progress and rank == 0
     bar = tqdm(epochs, desc=stage, disable=not progress or tqdm is None) if tqdm else epochs
@@ -334,13 +358,16 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         model.train()
         started, loss_sum, correct, seen = time.perf_counter(), torch.zeros((), device=device), \
             torch.zeros((), device=device, dtype=torch.long), 0
-        epoch_batches = batches(train_x, train_y, cfg.batch_size, shuffle=True, augment=True, device=device,
-                                generator=generator, drop_last=True, memory_format=memory_format)
+        if streamed:  # DataLoader workers, this process's share (DistributedSampler)
+            epoch_batches = data.train_batches(cfg.batch_size, epoch, seed, rank, world_size, device, memory_format)
+        else:
+            epoch_batches = batches(train_x, train_y, cfg.batch_size, shuffle=True, augment=True, device=device,
+                                    generator=generator, drop_last=True, memory_format=memory_format)
         if tqdm and progress:
             epoch_batches = tqdm(epoch_batches, total=steps, desc=f"{stage} epoch {epoch + 1}", leave=False,
                                  mininterval=5)
         for x, y in epoch_batches:  # no host synchronisation in here: every sum stays on the device
-            if world_size > 1:  # every rank draws the same global batch and trains on its share
+            if world_size > 1 and not streamed:  # every rank draws the same global batch, trains on its share
                 x, y = x.chunk(world_size)[rank], y.chunk(world_size)[rank]
             loss, logits = train_step(step_fn, x, y, optimizer, allocator, amp, loss_fn)
             scheduler.step()
@@ -363,7 +390,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         if allocator is not None:
             allocator.end_epoch(epoch)
         train_seconds = time.perf_counter() - started
-        test = evaluate(model, data.test_images, data.test_labels, device, memory_format=memory_format)
+        test = evaluate(model, data, device=device, memory_format=memory_format)
         record.update(test_loss=test["loss"], test_top1=test["top1"], train_seconds=train_seconds,
                       images_per_s=float(seen) / train_seconds, seconds=time.perf_counter() - started)
         if quantized:

@@ -66,7 +66,7 @@ PUBLISHED_ROWS: list[dict[str, Any]] = [
      "args": "--arch vgg_small --stages float,w4a32,lba_a32 --weight-target 0.7 --act-target none"},
     {"network": "ResNet18, ImageNet", "arch": "resnet18", "setting": "W2.0A2.0 / W2.0A32 / W1.0A32",
      "paper": "67.8 / 70.0 / 65.88", "V2 code": None, "stage": None, "targets": None,
-     "args": "needs an ImageNet data path (streamed ImageFolder: not yet)"},
+     "args": "python -m dambq.pipeline --profile imagenet --data ROOT --stages float,w4a4,lba (needs a real ImageNet)"},
 ]
 
 
