@@ -10,12 +10,17 @@ from dambq.pipeline import init_distributed, run_stage
 from dambq.profiles import get_profile
 from dambq.train import world
 
-out = Path(sys.argv[1])
-device = init_distributed("cpu")
-torch.set_num_threads(1)
-profile = get_profile("smoke")
-for stage in ("float", "w4a4", "lba"):
-    summary = run_stage(stage, profile, out, device=device, progress=False)
-rank, size = world()
-bits = {name: (layer.weight_bits.clone(), layer.act_bits.clone()) for name, layer in quant_layers(summary["model"])}
-torch.save({"bits": bits, "world_size": size, "top1": summary["top1"]}, out / f"bits-rank{rank}.pt")
+
+def main(out: Path) -> None:
+    device = init_distributed("cpu")
+    torch.set_num_threads(1)
+    profile = get_profile("smoke")
+    for stage in ("float", "w4a4", "lba"):
+        summary = run_stage(stage, profile, out, device=device, progress=False)
+    rank, size = world()
+    bits = {name: (layer.weight_bits.clone(), layer.act_bits.clone()) for name, layer in quant_layers(summary["model"])}
+    torch.save({"bits": bits, "world_size": size, "top1": summary["top1"]}, out / f"bits-rank{rank}.pt")
+
+
+if __name__ == "__main__":  # (pytest --doctest-modules imports this file: nothing may run on import)
+    main(Path(sys.argv[1]))
