@@ -412,7 +412,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
         summary["targets"] = [weight_target, act_target]
         summary["window"] = list(profile.lba_window)
         summary["allocator"] = {**recipe_allocator_args(profile), **(allocator_args or {})}
-    summary["world_size"], summary["file"] = world()[1], name
+    summary["world_size"], summary["file"], summary["seed"] = world()[1], name, seed
     if world()[0] == 0:  # one writer under torchrun; every rank returns the same summary
         if allocator is not None:
             bit_report(model).to_csv(out / f"{name}-bits.csv")

@@ -653,6 +653,34 @@ def accuracy_vs_bits(points: Sequence[Mapping[str, Any]], reference: Sequence[Ma
     return fig
 
 
+@_styled
+def allocation_frontier(rows: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] | None = None,
+                        title: str | None = None) -> Figure:
+    """Top-1 against average weight bits per allocation method (rows: method, target, seed, top1,
+    weight_bits), seed range as error bars, the paper's points hollow: where LBA beats its rivals."""
+    frame = pd.DataFrame(rows)
+    fig, ax = _subplots(figsize=(7.2, 4.6))
+    methods = list(dict.fromkeys(frame["method"]))
+    for i, method in enumerate(methods):
+        group = frame[frame["method"] == method].groupby("target")
+        x = group["weight_bits"].mean()
+        y = group["top1"].mean()
+        low, high = y - group["top1"].min(), group["top1"].max() - y
+        order = np.argsort(x.to_numpy())
+        ax.errorbar(x.to_numpy()[order] + 0.03 * (i - (len(methods) - 1) / 2), y.to_numpy()[order],
+                    yerr=[low.to_numpy()[order], high.to_numpy()[order]], marker="o", ms=5, capsize=3,
+                    color=color(method, i), label=f"{method} ({group['seed'].nunique().max()} seeds)")
+    for p in reference or []:
+        ax.scatter(p["weight_bits"], p["top1"], s=50, marker="D", facecolors="white", edgecolors="0.45", zorder=3)
+        ax.annotate(p["label"], (p["weight_bits"], p["top1"]), textcoords="offset points", xytext=(-6, 0),
+                    ha="right", va="center", fontsize=7.5, color="0.45")
+    ax.set_xlabel("average weight bits (size-weighted, first/last layer excluded)")
+    ax.set_ylabel("top-1 (%), mean and range over seeds")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Allocation frontier")
+    return fig
+
+
 # ------------------------------------------------------------------------------ deployment
 
 @_styled
@@ -718,4 +746,4 @@ __all__ = ["save", "color", "layer_weights", "pooled_unit_weights", "fit_laws", 
            "error_table_frame", "codebook_levels", "histograms_with_fits", "weight_histograms_with_fits",
            "channel_histograms_with_fits", "qq_plot", "shape_statistic_per_channel", "levels_over_histogram",
            "error_table_figure", "training_curves", "allocation_averages", "activation_clips", "bits_heatmap", "pruned_channels",
-           "accuracy_vs_bits", "packed_sizes_per_layer", "bit_planes"]
+           "accuracy_vs_bits", "allocation_frontier", "packed_sizes_per_layer", "bit_planes"]

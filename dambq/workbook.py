@@ -93,6 +93,43 @@ def published_rows(runs_dir: str | Path):
     return pd.DataFrame(rows).set_index(["network", "setting"])
 
 
+def frontier_rows(runs_dir: str | Path) -> list[dict]:
+    """One row per finished allocating `lba` run in a runs folder (benchmarks/allocation_frontier.py
+    writes them): method (the allocator's signal), target, seed, top-1 and the bits it landed on."""
+    import json
+    rows = []
+    for path in sorted(Path(runs_dir).glob("lba*.json")):
+        s = json.loads(path.read_text())
+        if s.get("stage") != "lba" or not s.get("finished"):
+            continue
+        rows.append({"method": s.get("allocator", {}).get("signal", "lba"), "target": target_label(*s["targets"]),
+                     "seed": s.get("seed", 0), "top1": s["top1"], "weight_bits": s["weight_avg"],
+                     "act_bits": s["act_avg"]})
+    return rows
+
+
+def frontier_verdict(rows: list[dict], against: str = "lba") -> list[str]:
+    """Plain sentences: per target, whether `against` beats each other method by more than the
+    seed ranges (its worst seed above the other's best), or not."""
+    lines = []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r["top1"] for r in rows if r["target"] == target and r["method"] == against]
+        if not mine:
+            continue
+        for method in dict.fromkeys(r["method"] for r in rows if r["target"] == target and r["method"] != against):
+            other = [r["top1"] for r in rows if r["target"] == target and r["method"] == method]
+            gap = sum(mine) / len(mine) - sum(other) / len(other)
+            if min(mine) > max(other):
+                verdict = "beats it by more than the seed range"
+            elif max(mine) < min(other):
+                verdict = "loses to it by more than the seed range"
+            else:
+                verdict = "is within the seed range of it"
+            lines.append(f"{target}: {against} {verdict} ({method}; mean difference {gap:+.2f} points, "
+                         f"{len(mine)} vs {len(other)} seeds)")
+    return lines
+
+
 def resolve_profile(name: str) -> str:
     """"auto" -> "paper" when CUDA is available, else "quick"; other names are checked."""
     if name == "auto":

@@ -142,6 +142,24 @@ results.to_csv(runs_dir / "03_results.csv")
 results
 
 # %% [markdown]
+# ## The allocation frontier: LBA against its rivals
+#
+# `python benchmarks/allocation_frontier.py --profile <profile> --out <this runs folder>` trains, from the same W4A4
+# model, LBA, a second-order signal ("fisher"), random allocation and every channel at the target's bits, for
+# several targets and seeds. Where those runs exist in this runs folder they are drawn here.
+
+# %%
+rows = wb.frontier_rows(runs_dir)
+if len({r["method"] for r in rows}) > 1:
+    fig = plots.allocation_frontier(rows, reference=wb.PAPER_RESNET20_CIFAR10,
+                                    title=f"Top-1 vs weight bits per allocation method ({where})")
+    keep(fig, "03_allocation_frontier")
+    print("\n".join(wb.frontier_verdict(rows)))
+else:
+    print(f"no frontier runs in {runs_dir} yet: python benchmarks/allocation_frontier.py --profile {profile} "
+          f"--out {runs_dir}")
+
+# %% [markdown]
 # ## Every published row
 #
 # The paper's and the authors' V2 code's numbers, the command that runs each at the paper's scale, and this runs

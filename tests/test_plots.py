@@ -165,3 +165,11 @@ def test_packed_model_figures(out_dir):
     check(plots.bit_planes(packed, "2", channel=3), out_dir, "bit_planes")
     with pytest.raises(ValueError, match="0 bits"):
         plots.bit_planes(packed, "2", channel=0)
+
+
+def test_allocation_frontier_figure(out_dir):
+    rows = [{"method": m, "target": t, "seed": s, "top1": 85 - 2 * (2 - w) - (m != "lba") + 0.1 * s,
+             "weight_bits": w, "act_bits": 2.0}
+            for m in ("lba", "random", "uniform") for t, w in (("W2.0A2.0", 2.0), ("W1.0A2.0", 1.0)) for s in (0, 1)]
+    check(plots.allocation_frontier(rows, reference=[{"label": "paper", "weight_bits": 2.0, "top1": 91.7}]),
+          out_dir, "frontier")

@@ -119,3 +119,18 @@ def test_committed_outputs_come_from_the_profile_the_notebook_names():
             assert f"{other} profile" not in outputs and f"runs/{other}" not in outputs, \
                 f"{name} holds outputs of the {other} profile: restore it (git checkout) before committing"
 
+
+
+def test_frontier_rows_and_verdict(tmp_path):
+    import json
+    for method, seed, top1 in (("lba", 0, 85.0), ("lba", 1, 85.4), ("random", 0, 84.0), ("random", 1, 84.3),
+                               ("uniform", 0, 85.2), ("uniform", 1, 84.9)):
+        name = "lba" + ("" if method == "lba" else f"-{method}") + "-W1.0A2.0" + (f"-s{seed}" if seed else "")
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "stage": "lba", "finished": True, "targets": [1.0, 2.0], "seed": seed, "top1": top1, "weight_avg": 1.0,
+            "act_avg": 2.0, "allocator": {} if method == "lba" else {"signal": method}}))
+    rows = wb.frontier_rows(tmp_path)
+    assert len(rows) == 6 and {r["method"] for r in rows} == {"lba", "random", "uniform"}
+    verdict = wb.frontier_verdict(rows)
+    assert any("random" in v and "beats it by more than the seed range" in v for v in verdict)
+    assert any("uniform" in v and "within the seed range" in v for v in verdict)
