@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make run    # set up, then run notebooks 01-03 with papermill (PROFILE=paper on CUDA, quick on CPU)
+#   make run    # set up, then run notebooks 01-04 with papermill (PROFILE=paper on CUDA, quick on CPU)
 #   make test   # set up, then pytest + nbval over the notebooks (smoke profile); make browser-test: a real browser
 PYTHON ?= python3
 VENV ?= .venv

@@ -11,7 +11,7 @@ On a CPU, as CI does, the same script runs every step in seconds:
     python benchmarks/gpu_lease.py --dry-run --bundle /tmp/lease.tar.gz
 
 Steps, each given a share of the minutes and each allowed to fail without stopping the rest:
-  (a) the CUDA-marked tests (pytest -m cuda) and notebooks 01-03 under the smoke profile
+  (a) the CUDA-marked tests (pytest -m cuda) and notebooks 01-04 under the smoke profile
       through papermill on the device (skipped, and said so, when papermill is missing);
   (b) benchmarks/epoch_time.py: float / W4A4 / W4A4 + allocation at batch 512, eager and
       compiled;
@@ -120,7 +120,7 @@ def main() -> None:
         else:
             steps.append(run_step(name, command, seconds, work, env))
 
-    # (a) CUDA tests, then the three notebooks on the device under the smoke profile
+    # (a) CUDA tests, then the notebooks on the device under the smoke profile
     step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], left(0.1))
     notebooks = [python, "-m", "dambq.workbook", "--profile", "smoke", "--device", device,
                  "--runs-dir", str(work / "smoke-runs"), "--out", str(work / "smoke-notebooks"),

@@ -1,4 +1,4 @@
-"""The workbook: notebooks 01-03 run in order with papermill, and the helpers they share.
+"""The workbook: notebooks 01-04 run in order with papermill, and the helpers they share.
 
     python -m dambq.workbook --profile auto     # "paper" on CUDA, else "quick"
     python -m dambq.workbook --profile smoke    # about a minute: checks that everything runs
