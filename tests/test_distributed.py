@@ -12,13 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "helpers" / "distributed_worker.py"
 
 
-def run(out: Path, processes: int) -> None:
+def run(out: Path, processes: int, *extra: str, expect: int = 0) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
               "--master_port", str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable]
-    done = subprocess.run([*prefix, str(WORKER), str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = subprocess.run([*prefix, str(WORKER), str(out), *extra], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert (done.returncode == 0) == (expect == 0), done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def losses(path: Path) -> list[float]:
@@ -46,3 +46,17 @@ def test_two_processes_hold_the_same_bits_and_train_like_one(tmp_path):
         assert len(one) == len(two)
         for a, b in zip(one, two):
             assert abs(a - b) <= 0.10 * a, (stage, one, two)
+
+
+@pytest.mark.slow
+def test_a_killed_torchrun_resumes_where_it_stopped(tmp_path):
+    """Rank 0 dies after the first lba epoch; the same command again finishes the run, and it ends
+    where an uninterrupted 2-process run ends (same bits, same metrics)."""
+    run(tmp_path / "whole", 2)
+    run(tmp_path / "killed", 2, "kill", expect=1)
+    assert len(losses(tmp_path / "killed" / "lba.csv")) == 1  # one lba epoch was checkpointed
+    run(tmp_path / "killed", 2)
+    whole, resumed = (torch.load(tmp_path / name / "bits-rank0.pt") for name in ("whole", "killed"))
+    for name, (w, a) in whole["bits"].items():
+        assert torch.equal(w, resumed["bits"][name][0]) and torch.equal(a, resumed["bits"][name][1]), name
+    assert losses(tmp_path / "whole" / "lba.csv") == pytest.approx(losses(tmp_path / "killed" / "lba.csv"), rel=1e-6)
