@@ -41,8 +41,9 @@ def main() -> None:
     parser.add_argument("--out", default="results/export.md")
     args = parser.parse_args()
     if args.float:
-        float_model, _ = model_from_checkpoint(args.float)
-        source = f"`{args.float}`"
+        float_model, state = model_from_checkpoint(args.float)
+        source = (f"`{args.float}` ({state['meta'].get('arch')}, {state['epoch'] + 1} epochs of the "
+                  f"{state['meta'].get('profile')} profile's float stage)")
     else:
         float_model, source = dambq.models.build_model("resnet20"), "random weights (no --float)"
     float_model.eval()

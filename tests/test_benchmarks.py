@@ -70,3 +70,14 @@ def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
                                                                   ("fisher", "random", "uniform") for s in ("", "-s1")])
     uniform = [line for line in text.splitlines() if line.startswith("| W2.0A2.0 | uniform | 0 |")]
     assert uniform and "| 2.000 | 2.000 |" in uniform[0]  # every channel at the target
+
+
+@pytest.mark.slow
+def test_export_sizes_script_writes_its_table(tmp_path):
+    out = tmp_path / "export.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "export_sizes.py"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    for row in ("every channel at W4A4", "every channel at W2A2", "every channel at W1A2"):
+        assert row in text
