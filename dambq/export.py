@@ -98,9 +98,9 @@ def _sign_table(coefs: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 class PackedAct(nn.Module):
     """Input quantizer of a packed layer: integer levels times a step (plus the low end).
 
-    `integers(x)` gives the levels (what an integer kernel would consume) and `scale_low()` the
-    (step per channel, low) that map them back; forward returns levels * step + low, equal to
-    the fake quantizer's evaluation."""
+    `integers(x)` gives the levels (what an integer kernel would consume) and the step per
+    channel that maps them back; forward returns levels * step + low, equal to the fake
+    quantizer's evaluation (an 8-bit input: Int8Act's own rounding)."""
 
     def __init__(self, low: Tensor, high: Tensor, bits: Tensor, channel_dim: int | None, kind: str):
         super().__init__()
