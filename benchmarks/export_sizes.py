@@ -71,7 +71,8 @@ def main() -> None:
             w_avg, a_avg = dambq.average_bits(q)
             rows.append({"model": label, "W avg": w_avg, "A avg": a_avg, **{p: sizes.get(p, 0) for p in PARTS},
                          "file (bytes)": sizes["file"], "float / packed": float_bytes / sizes["file"],
-                         "max rel. error vs fake-quant": float((got - expected).abs().max() / expected.abs().max()),
+                         "rel. error vs fake-quant (norm)": float((got - expected).norm() / expected.norm()),
+                         "same prediction (%)": float((got.argmax(1) == expected.argmax(1)).float().mean() * 100),
                          "forward ms (batch 64)": forward_ms(packed, x)})
             print(rows[-1], flush=True)
     lines = ["# Packed multi-bit binary ResNet20: sizes and the bit-plane forward", "",
@@ -83,13 +84,20 @@ def main() -> None:
              "Bytes per part (`dambq.export.packed_sizes`): sign planes (b bits per weight, 0-bit groups free), "
              "scales and code-book (per group: entry and clip; per layer: the code-book rows used; activation "
              "ranges and per-channel bits), biases (BatchNorm folded in), the 8-bit first and last layers (int8), "
-             "BatchNorm left unfolded, and the traced graph with its container (compressed).", "",
+             "BatchNorm left unfolded, and the traced graph with its container (compressed). The error and the "
+             "prediction agreement are measured on 64 random normal images against the fake-quantized model.", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     for r in rows:
         lines.append("| " + " | ".join(
-            f"{v:.2e}" if k.startswith("max rel") else f"{v:.2f}" if isinstance(v, float) else str(v)
+            f"{v:.2e}" if k.startswith("rel.") else f"{v:.2f}" if isinstance(v, float) else str(v)
             for k, v in r.items()) + " |")
-    lines += ["", "The bit-plane forward runs one dense +-1 convolution per plane in plain PyTorch "
+    lines += ["", "Why the packed output is not bit-identical to the fake-quantized one: the packed layer sums one "
+              "product per plane (and folds BatchNorm into the scales), so its outputs differ from the fake-quantized "
+              "convolution's in the last bits of fp32; where a value lies within that difference of a rounding "
+              "boundary of the next layer's activation quantizer, the two land on neighbouring levels, and the "
+              "difference travels on. tests/test_export.py checks the equality within 1e-4 on random-weight ResNet20s "
+              "and the exact integer form on one layer; on a trained model the norm error above is the measure.",
+              "", "The bit-plane forward runs one dense +-1 convolution per plane in plain PyTorch "
               f"(up to 4 per layer), so on this CPU it is slower than the float forward ({float_ms:.1f} ms): it "
               "shows the arithmetic, not a fast kernel (a popcount kernel would be needed for speed).", ""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
