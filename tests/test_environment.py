@@ -37,3 +37,12 @@ def test_pyproject_declares_what_the_setup_installs():
     assert names == set(pip), (names ^ set(pip))
     runtime = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
     assert {"torch", "torchvision", "numpy", "scipy", "pandas", "tqdm", "matplotlib", "seaborn"} <= runtime
+
+
+def test_a_plain_install_ships_the_code_book_tables():
+    """`pip install .` (not editable) must carry dambq/codebook_tables.json: without it the lookup
+    code-book would be searched afresh on first use."""
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = setuptools.get("package-data", {}).get("dambq", [])
+    assert "codebook_tables.json" in shipped and (ROOT / "dambq" / "codebook_tables.json").exists()
