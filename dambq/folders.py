@@ -64,10 +64,11 @@ class FolderData:
         for x, y in self._loader(self.train, batch_size // world, sampler, device):
             yield x.to(device, non_blocking=True).contiguous(memory_format=memory_format), y.to(device)
 
-    def test_batches(self, batch_size: int, device: torch.device,
-                     memory_format=torch.contiguous_format) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every test image once, in order."""
-        for x, y in self._loader(self.test, batch_size, device=device):
+    def test_batches(self, batch_size: int, device: torch.device, memory_format=torch.contiguous_format,
+                     rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every test image once, in order (this process's every world-th one under torchrun)."""
+        shard = self.test if world == 1 else torch.utils.data.Subset(self.test, range(rank, len(self.test), world))
+        for x, y in self._loader(shard, batch_size, device=device):
             yield x.to(device, non_blocking=True).contiguous(memory_format=memory_format), y.to(device)
 
     def calibration_images(self, count: int, seed: int = 0) -> torch.Tensor:

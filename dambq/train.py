@@ -158,22 +158,25 @@ def evaluate(model: nn.Module, images, labels: torch.Tensor | None = None, devic
     device = device if device is not None else next(model.parameters()).device
     if batch_size is None:
         batch_size = 2000 if device.type == "cuda" else 250
+    rank, world_size = world()  # under torchrun each rank evaluates every world-th image, then the sums meet
     if isinstance(images, FolderData):
-        stream, count = images.test_batches(min(batch_size, 256), device, memory_format), images.num_test
+        stream = images.test_batches(min(batch_size, 256), device, memory_format, rank=rank, world=world_size)
     else:
         if isinstance(images, Cifar10):
             images, labels = images.test_images, images.test_labels
-        stream = batches(images, labels, batch_size, shuffle=False, augment=False, device=device,
-                         memory_format=memory_format)
-        count = labels.numel()
+        stream = batches(images[rank::world_size], labels[rank::world_size], batch_size, shuffle=False,
+                         augment=False, device=device, memory_format=memory_format)
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    count = torch.zeros((), device=device, dtype=torch.long)
     for x, y in stream:
         logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    return {"loss": float(loss_sum) / count, "top1": 100.0 * float(correct) / count}
+        count += y.numel()
+    loss_sum, correct, count = _sum_over_ranks(loss_sum, correct, count)
+    return {"loss": float(loss_sum) / float(count), "top1": 100.0 * float(correct) / float(count)}
 
 
 def data_sizes(data) -> tuple[int, int]:
