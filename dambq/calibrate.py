@@ -157,21 +157,19 @@ def calibrate_act_clips(model: nn.Module, images: Tensor, batch_size: int = 250,
 def _set_range(quantizer: UniformAct, values: Tensor, bits: int, negative: bool) -> float | tuple[float, float]:
     """Fit the quantizer's range; make it signed where allowed and better."""
     auto = getattr(quantizer, "auto_sign", False)
+    clip = None
     if quantizer.signed or (auto and negative):
         if quantizer.sign_mode == "symmetric":
             clip = mse_clip(values.abs(), bits - 1) if bits > 1 else float(values.abs().max())
             quantizer.act_clip.fill_(clip)
             return (-clip, clip)
         low, high, error = mse_range(values, bits)
-        if quantizer.signed or error < _unsigned_error(values, bits):
+        if not quantizer.signed:  # auto: signed only where its error is the lower one
+            clip = mse_clip(values, bits)
+            unsigned_error = float(_grid_error(values, torch.zeros(1), torch.tensor([clip]), 2 ** bits - 1)[0])
+        if quantizer.signed or error < unsigned_error:
             quantizer.make_signed(low=low, high=high)
             return (low, high)
-    clip = mse_clip(values, bits)
+    clip = mse_clip(values, bits) if clip is None else clip
     quantizer.act_clip.fill_(clip)
     return clip
-
-
-def _unsigned_error(values: Tensor, bits: int) -> float:
-    clip = mse_clip(values, bits)
-    n = 2 ** bits - 1
-    return float(((values - (values / clip * n).clamp(0, n).round() * clip / n) ** 2).mean())

@@ -85,12 +85,11 @@ def unpack_bits(packed: Tensor, count: int) -> Tensor:
     return bits.flatten()[:count].float() * 2 - 1
 
 
-def _sign_table(coefs: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """(levels sorted, sign patterns [2^b, b] in that order) of the code sum_i a_i s_i."""
+def _sign_patterns(coefs: Tensor, bits: int) -> Tensor:
+    """The sign patterns [2^b, b] of the code sum_i a_i s_i, in the order of its sorted levels
+    (the order `snap_index` counts in)."""
     signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=bits)), dtype=torch.float64)
-    values = signs @ coefs[:bits].double()
-    order = torch.argsort(values, stable=True)
-    return values[order], signs[order]
+    return signs[torch.argsort(signs @ coefs[:bits].double(), stable=True)]
 
 
 # ------------------------------------------------------------------------- the layers
@@ -202,7 +201,7 @@ class PackedLayer(nn.Module):
             b = int(quant.bits[g])
             if b == 0:
                 continue
-            _, signs = _sign_table(book.coefs[b, int(entries[g])], b)
+            signs = _sign_patterns(book.coefs[b, int(entries[g])], b)
             index = snap_index(groups[g:g + 1], levels[g:g + 1, : 2 ** b])[0]
             for i in range(b):
                 planes.append(pack_bits(signs[index, i]))

@@ -79,6 +79,12 @@ class Profile:
     note: str = ""
 
 
+# one schedule for every stage where the spec (section 5) or the recipe uses one
+_PAPER_STAGE = StageConfig(epochs=300, lr=0.05, batch_size=512, weight_decay=1e-4, nesterov=False,
+                           schedule="step", milestones=(150, 225))
+_IMAGENET_QUANTIZED = StageConfig(epochs=30, lr=0.01, batch_size=256, weight_decay=1e-4, nesterov=False,
+                                  schedule="step", milestones=(20,))
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
@@ -102,10 +108,8 @@ PROFILES: dict[str, Profile] = {
         name="imagenet",
         float=StageConfig(epochs=90, lr=0.1, batch_size=256, weight_decay=1e-4, nesterov=False,
                           schedule="step", milestones=(30, 60)),
-        w4a4=StageConfig(epochs=30, lr=0.01, batch_size=256, weight_decay=1e-4, nesterov=False,
-                         schedule="step", milestones=(20,)),
-        lba=StageConfig(epochs=30, lr=0.01, batch_size=256, weight_decay=1e-4, nesterov=False,
-                        schedule="step", milestones=(20,)),
+        w4a4=_IMAGENET_QUANTIZED,
+        lba=_IMAGENET_QUANTIZED,
         lba_window=(0, 15),
         data_source="imagefolder", arch="tv_resnet18",
         note="ResNet18 on an ImageNet folder (train/, val/): the paper's W2.0A2.0 / W2.0A32 / W1.0A32 rows; the "
@@ -113,12 +117,9 @@ PROFILES: dict[str, Profile] = {
              "per quantized stage; needs a real ImageNet and several GPUs"),
     "paper": Profile(
         name="paper",
-        float=StageConfig(epochs=300, lr=0.05, batch_size=512, weight_decay=1e-4, nesterov=False,
-                          schedule="step", milestones=(150, 225)),
-        w4a4=StageConfig(epochs=300, lr=0.05, batch_size=512, weight_decay=1e-4, nesterov=False,
-                         schedule="step", milestones=(150, 225)),
-        lba=StageConfig(epochs=300, lr=0.05, batch_size=512, weight_decay=1e-4, nesterov=False,
-                        schedule="step", milestones=(150, 225)),
+        float=_PAPER_STAGE,
+        w4a4=_PAPER_STAGE,
+        lba=_PAPER_STAGE,
         lba_window=(0, 150),
         arch="resnet20",
         note="the spec's schedules (section 5): 300 epochs per stage, batch 512, lr 0.05, steps at 150/225"),
