@@ -43,9 +43,36 @@ def test_bits_pack_and_unpack():
     assert pack_bits(signs).numel() == 2
 
 
-@settings(max_examples=4, deadline=None)
+def layer_inputs_and_outputs(q: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per quantized layer of q: its input, and its output after the BatchNorm called right after
+    it (the one export folds into it), in one evaluation of x."""
+    calls, hooks = [], []
+    for name, m in q.named_modules():
+        if hasattr(m, "weight_quant") or isinstance(m, nn.BatchNorm2d):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: calls.append((name, mod, i[0], o))))
+    with torch.no_grad():
+        q(x)
+    for h in hooks:
+        h.remove()
+    seen = {}
+    for k, (name, mod, i, o) in enumerate(calls):
+        if hasattr(mod, "weight_quant"):
+            after = calls[k + 1] if k + 1 < len(calls) else None
+            folded = after is not None and isinstance(after[1], nn.BatchNorm2d) and after[2] is o
+            seen[name] = (i, after[3] if folded else o)
+    return seen
+
+
+@settings(max_examples=4, deadline=None, derandomize=True, database=None)
 @given(seed=st.integers(0, 10_000))
-def test_packed_resnet_equals_the_fake_quantized_evaluation_for_any_bits(seed, tmp_path_factory):
+def test_every_packed_layer_equals_its_fake_quantized_layer_for_any_bits(seed, tmp_path_factory):
+    """Each packed layer (BatchNorm folded in), fed what the fake-quantized model fed that layer,
+    gives what the layer and its BatchNorm gave. Compared layer by layer and not only at the
+    model's output: the folded arithmetic differs from conv-then-BN by float rounding (~1e-7),
+    and an activation lying that close to a rounding boundary of its quantizer lands on the
+    neighbouring level in one path and not the other, which the following layers amplify (seed 63
+    of this test, before it compared layers: one constant activation 2.4962184 at 3 bits with
+    range 11.649 sat 1e-7 from a level's edge; the logits differed by 7%)."""
     model = trained_like_resnet(seed % 3)
     q = dambq.convert(model, 4, 4).eval()
     dambq.calibrate_act_clips(q, torch.randn(32, 3, 32, 32))
@@ -53,11 +80,29 @@ def test_packed_resnet_equals_the_fake_quantized_evaluation_for_any_bits(seed, t
     path = tmp_path_factory.mktemp("packed") / "r20.dambq"
     save_packed(q, path)
     packed = load_packed(path)
+    assert not any(isinstance(m, (nn.BatchNorm2d, dambq.export.HalfBatchNorm)) for m in packed.modules())  # all folded
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    layers = layer_inputs_and_outputs(q, x)
+    assert len(layers) == sum(isinstance(m, PackedLayer) for m in packed.modules()) == 22
+    with torch.no_grad():
+        for name, (i, expected) in layers.items():
+            got = packed.get_submodule(name.replace(".", "_"))(i)
+            assert float((got - expected).norm() / expected.norm()) <= 1e-5, name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_packed_resnet_equals_the_fake_quantized_evaluation(seed, tmp_path):
+    """End to end, on inputs where no activation sits at a rounding boundary (see above)."""
+    model = trained_like_resnet(seed)
+    q = dambq.convert(model, 4, 4).eval()
+    dambq.calibrate_act_clips(q, torch.randn(32, 3, 32, 32))
+    random_bits(q, seed)
+    save_packed(q, tmp_path / "r20.dambq")
+    packed = load_packed(tmp_path / "r20.dambq")
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected, got = q(x), packed(x)
     assert float((got - expected).norm() / expected.norm()) <= 1e-4
-    assert not any(isinstance(m, (nn.BatchNorm2d, dambq.export.HalfBatchNorm)) for m in packed.modules())  # all folded
 
 
 def test_integer_form_is_exact():
