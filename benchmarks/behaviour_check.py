@@ -129,6 +129,9 @@ def main() -> None:
     if args.worker:
         experiment(args.worker)
         return
+    import torch
+
+    from dambq.pipeline import cpu_model
     commit = subprocess.run(["git", "rev-parse", "--short", args.ref], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +155,7 @@ def main() -> None:
     lines = ["# Behaviour check: the library's numerics, an older commit against the working tree", "",
              f"Command: `python benchmarks/behaviour_check.py --ref {args.ref}"
              + (f" --out {args.out}`" if args.out else "`"), "",
-             f"Older commit: {commit}. Machine: {platform.processor() or platform.machine()}, one thread, "
+             f"Older commit: {commit}. Machine: {cpu_model()}, one thread, torch {torch.__version__}, "
              f"Python {platform.python_version()}. What runs: see the docstring of benchmarks/behaviour_check.py "
              f"(a small residual ReLU CNN, W4A4 with every layer quantized, calibration, 12 SGD steps with LBA "
              f"towards W2.0A2.0, evaluation).", "",
