@@ -134,6 +134,17 @@ def test_trained_digits_cnn_keeps_its_accuracy_at_w4a4_right_after_calibration(a
     assert top1(q, xt, yt) >= top1(model, xt, yt) - 2.0
 
 
+def test_model_zoo_trains_a_network_on_cifar_and_measures_it():
+    """benchmarks/model_zoo.py part 2 on synthetic CIFAR-shaped data (tests never download):
+    the row has the errors of a converted copy, and the trained model was left float."""
+    from model_zoo import cifar_row
+
+    from dambq.data import make_synthetic
+    row = cifar_row("tiny_vit", make_synthetic(num_train=256, num_test=64), steps=2)
+    assert 0 < row["A8 error"] < row["W4A4 error"] < 1
+    assert 0 <= row["float top-1 (%)"] <= 100
+
+
 # ---------------------------------------------------------------------------- attention
 
 @pytest.mark.parametrize("batch_first", [True, False])
