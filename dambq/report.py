@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .pipeline import STAGES, stage_file
+from .pipeline import STAGES
 from .profiles import target_label
 
 
@@ -15,6 +15,10 @@ def _short(value: str) -> str:
     except ValueError:
         return value
     return value if number.is_integer() else f"{number:.3f}"
+
+
+SUMMARY_KEYS = ("stage", "description", "arch", "profile", "data", "device", "precision", "epochs", "top1", "minutes",
+                "file")
 
 
 def _best(summary: dict) -> str:
@@ -30,9 +34,15 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
     Why generated: every number in results/ must come from a command anyone can rerun. Final
     top-1 is what tables report (as the paper does); the best epoch (1-based) is beside it."""
     out = Path(out)
-    summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    files = sorted(out.glob("*.json"))
+    summaries = [json.loads(f.read_text()) for f in files]
     if not summaries:
         raise FileNotFoundError(f"no stage summaries (*.json) in {out}")
+    for file, s in zip(files, summaries):
+        missing = [key for key in SUMMARY_KEYS if key not in s]
+        if missing:
+            raise ValueError(f"{file} lacks {', '.join(missing)}: written by an older dambq; rerun its stage "
+                             "(a finished stage is read back and its summary rewritten)")
     order = {name: i for i, name in enumerate(STAGES)}
     summaries.sort(key=lambda s: order.get(s["stage"], len(order)))
     lines = [f"# Results: {out}", "", f"Command: `{command}`", "",
@@ -42,9 +52,9 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
     for s in summaries:
         bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
         clips = s.get("act_clip_init") or "-"
-        lines.append(f"| {s['stage']} | {s['description']} | {s.get('arch', '?')} | {s['profile']} | {s['data']} | "
+        lines.append(f"| {s['stage']} | {s['description']} | {s['arch']} | {s['profile']} | {s['data']} | "
                      f"{s['device']} | "
-                     f"{s.get('precision', 'fp32')} | {clips} | {s['epochs']} | "
+                     f"{s['precision']} | {clips} | {s['epochs']} | "
                      f"{s['top1']:.2f} | {_best(s)} | {bits} | {s['minutes']:.1f} |")
     chain = [s for s in summaries if s["stage"] in ("float", "w4a4")
              or (s["stage"] == "lba" and s.get("targets") == [2.0, 2.0])]
@@ -59,7 +69,7 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
                   "| epoch | W avg | A avg | weight decrements | activation decrements |", "|---|---|---|---|---|"]
         lines += [f"| {r['epoch']} | {r['weight_avg']:.4f} | {r['act_avg']:.4f} | {r['weight_lowered']} | "
                   f"{r['act_lowered']} |" for r in s["allocation"]]
-        bits_csv = out / f"{s.get('file') or stage_file(s['stage'], w, a)}-bits.csv"
+        bits_csv = out / f"{s['file']}-bits.csv"
         if bits_csv.exists():
             rows = [line.split(",") for line in bits_csv.read_text().splitlines()]
             lines += ["", "Per-layer bits at the end (`dambq.bit_report`):", "",

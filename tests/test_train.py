@@ -97,6 +97,11 @@ def test_pipeline_smoke_chain(tmp_path):
     assert report.count("| smoke | synthetic |") == 3 and "## Allocation per epoch" in report
     assert report.count("| fp32 | mse |") == 2 and "| - |" in report
     assert "layer3.2.conv2" in report
+    older = json.loads((tmp_path / "float.json").read_text())
+    del older["file"]  # as an older dambq wrote it
+    (tmp_path / "float.json").write_text(json.dumps(older))
+    with pytest.raises(ValueError, match="float.json lacks file: written by an older dambq"):
+        write_report(tmp_path, tmp_path / "report.md", "cmd")
 
 
 def test_unknown_profile_and_stage():
