@@ -84,6 +84,8 @@ class QuantMultiheadAttention(nn.Module):
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if query is key and key is value:  # self-attention: one product, one input quantization
             return self.in_proj(query).chunk(3, dim=-1)
+        if not hasattr(self.in_proj, "quantized_weight"):  # packed (dambq.export): its own forward only
+            return tuple(self.in_proj(t).chunk(3, dim=-1)[i] for i, t in enumerate((query, key, value)))
         w, b = self.in_proj.quantized_weight(), self.in_proj.bias
         ws, bs = w.chunk(3), (b.chunk(3) if b is not None else (None,) * 3)
         return tuple(F.linear(self.in_proj.act_quant(t), wi, bi) for t, wi, bi in zip((query, key, value), ws, bs))

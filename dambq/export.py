@@ -12,6 +12,8 @@ per weight plus a code-book entry and a clip per group, and computed as b binary
   and the bias, exact in evaluation (any other BatchNorm as an fp16 scale and shift);
 - the fixed 8-bit layers as int8 weights and one scale;
 - every input quantizer as its range, sign mode and per-channel bits;
+- an nn.MultiheadAttention (converted) as one module with its in/out projections packed
+  (its forward branches on its inputs, so it is a leaf of the graph);
 - the graph, traced by torch.fx, so that `load_packed` needs neither the float model nor
   its Python class: only torch and dambq.
 
@@ -51,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .codebook import build_codebook, snap_index
+from .attention import QuantMultiheadAttention
 from .convert import quant_layers
 from .quantizers import DMBQWeight, FloatAct, FloatWeight, Int8Act, Int8Weight
 
@@ -306,22 +309,21 @@ class _Tracer(torch.fx.Tracer):
     """torch.fx tracer that keeps the packed layers whole (they are the graph's leaves)."""
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return isinstance(m, (PackedLayer, PackedAct)) or super().is_leaf_module(m, qualified_name)
+        # attention stays one module (its forward branches on its inputs), its projections packed
+        leaf = (PackedLayer, PackedAct, QuantMultiheadAttention)
+        return isinstance(m, leaf) or super().is_leaf_module(m, qualified_name)
 
 
 def pack_model(model: nn.Module) -> torch.fx.GraphModule:
     """A converted model as a traced module of packed layers, BatchNorms folded where exact.
 
     Raises:
-        ValueError: a model with no quantized layers, an attention layer (not packed yet), a
-            layer-granularity or activation-only layer, or a forward torch.fx cannot trace."""
+        ValueError: a model with no quantized layers, a layer-granularity or activation-only layer, or a forward torch.fx cannot trace."""
     import copy
     layers = list(quant_layers(model, include_8bit=True))
     if not layers:
         raise ValueError("the model has no quantized layers: call dambq.convert first")
     model = copy.deepcopy(model).cpu().eval()
-    if any(type(m).__name__ == "QuantMultiheadAttention" for m in model.modules()):
-        raise ValueError("QuantMultiheadAttention layers are not supported by the packed format yet")
     for name, layer in quant_layers(model, include_8bit=True):
         packed = PackedLayer.from_layer(layer)
         if name == "":

@@ -206,9 +206,66 @@ def test_a_batchnorm_whose_conv_output_is_also_read_elsewhere_is_kept():
     torch.testing.assert_close(packed(x), q(x), rtol=1e-2, atol=1e-3)  # fp16 scale and shift
 
 
-def test_attention_is_refused_clearly():
+class TinyAttention(nn.Module):
+    """Patches, one self-attention and one cross-attention (to a learned memory), a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.self_attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.cross = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.memory = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = tokens + self.self_attn(tokens, tokens, tokens, need_weights=False)[0]
+        memory = self.memory(tokens)
+        tokens = self.norm(tokens + self.cross(tokens, memory, memory, need_weights=False)[0])
+        return self.head(tokens.mean(1))
+
+
+def test_attention_packs_and_equals_the_fake_quantized_evaluation(tmp_path):
+    """Self- and cross-attention: the projections are packed planes, the module keeps its forward."""
+    torch.manual_seed(0)
+    q = dambq.convert(TinyAttention().eval(), 2, 4).eval()
+    dambq.calibrate_act_clips(q, torch.randn(16, 3, 16, 16))
+    random_bits(q, 3, act_low=1)
+    save_packed(q, tmp_path / "attn.dambq")
+    packed = load_packed(tmp_path / "attn.dambq")
+    assert sum(isinstance(m, PackedLayer) for m in packed.modules()) == 7  # patch, 2 x (in, out), memory, head
+    assert not any(hasattr(m, "quantized_weight") for m in packed.modules())  # no float weight left to quantize
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        expected = q(x)
+        torch.testing.assert_close(packed(x), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_transformer_encoder_packs(tmp_path):
+    """torch's own encoder layer (GELU, LayerNorm, residuals) around a packed attention."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.TransformerEncoder(
-        nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 1, enable_nested_tensor=False),
-        nn.Linear(8, 2))
-    with pytest.raises(ValueError, match="MultiheadAttention"):
-        save_packed(dambq.convert(model, 4, 4), "/nonexistent/x.dambq")
+        nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation="gelu", batch_first=True), 2,
+        enable_nested_tensor=False), nn.Linear(8, 2)).eval()
+    q = dambq.convert(model, 3, 4).eval()
+    x = torch.randn(16, 5, 8)
+    dambq.calibrate_act_clips(q, x)
+    save_packed(q, tmp_path / "enc.dambq")
+    with torch.no_grad():
+        expected = q(x)
+        torch.testing.assert_close(load_packed(tmp_path / "enc.dambq")(x), expected, rtol=1e-4,
+                                   atol=1e-5 * float(expected.abs().max()))
+
+
+def test_a_forward_fx_cannot_trace_is_refused_clearly():
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else x  # Python control flow on a tensor's value
+
+    with pytest.raises(ValueError, match="torch.fx cannot trace"):
+        save_packed(dambq.convert(Branches(), 4, 4, keep_8bit=None), "/nonexistent/x.dambq")
