@@ -65,7 +65,9 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
         if "allocation" not in s:
             continue
         w, a = s["targets"]
-        lines += ["", f"## Allocation per epoch ({s['stage']}, targets {target_label(w, a)}, window {s.get('window', '')} in 0-based epochs)", "",
+        first, last = s["window"]  # 0-based in the recipe (as V2's flags); epochs 1-based in tables
+        lines += ["", f"## Allocation per epoch ({s['stage']}, targets {target_label(w, a)}, bits lowered in epochs "
+                      f"{first + 1}-{last + 1})", "",
                   "| epoch | W avg | A avg | weight decrements | activation decrements |", "|---|---|---|---|---|"]
         lines += [f"| {r['epoch']} | {r['weight_avg']:.4f} | {r['act_avg']:.4f} | {r['weight_lowered']} | "
                   f"{r['act_lowered']} |" for r in s["allocation"]]

@@ -95,6 +95,7 @@ def test_pipeline_smoke_chain(tmp_path):
     assert again["top1"] == summary["top1"]
     report = write_report(tmp_path, tmp_path / "report.md", "cmd")
     assert report.count("| smoke | synthetic |") == 3 and "## Allocation per epoch" in report
+    assert "bits lowered in epochs 1-3)" in report  # the smoke window (0, 2), counted from 1 as the rows are
     assert report.count("| fp32 | mse |") == 2 and "| - |" in report
     assert "layer3.2.conv2" in report
     older = json.loads((tmp_path / "float.json").read_text())
