@@ -46,13 +46,13 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
     order = {name: i for i, name in enumerate(STAGES)}
     summaries.sort(key=lambda s: order.get(s["stage"], len(order)))
     lines = [f"# Results: {out}", "", f"Command: `{command}`", "",
-             "| stage | what | network | profile | data | device | training precision | act clips started | epochs "
+             "| stage (file) | what | network | profile | data | device | training precision | act clips started | epochs "
              "| top-1 (%), final | best (epoch) | W avg | A avg | minutes |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
         clips = s.get("act_clip_init") or "-"
-        lines.append(f"| {s['stage']} | {s['description']} | {s['arch']} | {s['profile']} | {s['data']} | "
+        lines.append(f"| {s['file']} | {s['description']} | {s['arch']} | {s['profile']} | {s['data']} | "
                      f"{s['device']} | "
                      f"{s['precision']} | {clips} | {s['epochs']} | "
                      f"{s['top1']:.2f} | {_best(s)} | {bits} | {s['minutes']:.1f} |")
