@@ -95,8 +95,10 @@ def main() -> None:
               "product per plane (and folds BatchNorm into the scales), so its outputs differ from the fake-quantized "
               "convolution's in the last bits of fp32; where a value lies within that difference of a rounding "
               "boundary of the next layer's activation quantizer, the two land on neighbouring levels, and the "
-              "difference travels on. tests/test_export.py checks the equality within 1e-4 on random-weight ResNet20s "
-              "and the exact integer form on one layer; on a trained model the norm error above is the measure.",
+              "difference travels on (weight-only rows, with no activation rounding to flip, agree to fp32 precision). "
+              "tests/test_export.py checks every packed layer against its fake-quantized layer and BatchNorm on the "
+              "same input (within 1e-5), whole random-weight ResNet20s on fixed inputs (within 1e-4) and the exact "
+              "integer form on one layer; on a trained model the norm error above is the measure.",
               "", "The bit-plane forward runs one dense +-1 convolution per plane in plain PyTorch "
               f"(up to 4 per layer), so on this CPU it is slower than the float forward ({float_ms:.1f} ms): it "
               "shows the arithmetic, not a fast kernel (a popcount kernel would be needed for speed).", ""]
