@@ -84,7 +84,9 @@ class QuantMultiheadAttention(nn.Module):
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if query is key and key is value:  # self-attention: one product, one input quantization
             return self.in_proj(query).chunk(3, dim=-1)
-        if not hasattr(self.in_proj, "quantized_weight"):  # packed (dambq.export): its own forward only
+        # packed (dambq.export): only its whole forward exists, so each input is projected three
+        # times and one third kept (3x the cross-attention projection work, evaluation only)
+        if not hasattr(self.in_proj, "quantized_weight"):
             return tuple(self.in_proj(t).chunk(3, dim=-1)[i] for i, t in enumerate((query, key, value)))
         w, b = self.in_proj.quantized_weight(), self.in_proj.bias
         ws, bs = w.chunk(3), (b.chunk(3) if b is not None else (None,) * 3)

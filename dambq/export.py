@@ -52,8 +52,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .codebook import build_codebook, snap_index
 from .attention import QuantMultiheadAttention
+from .codebook import build_codebook, snap_index
 from .convert import quant_layers
 from .quantizers import DMBQWeight, FloatAct, FloatWeight, Int8Act, Int8Weight
 
@@ -318,7 +318,8 @@ def pack_model(model: nn.Module) -> torch.fx.GraphModule:
     """A converted model as a traced module of packed layers, BatchNorms folded where exact.
 
     Raises:
-        ValueError: a model with no quantized layers, a layer-granularity or activation-only layer, or a forward torch.fx cannot trace."""
+        ValueError: a model with no quantized layers, a layer-granularity or activation-only
+            layer, or a forward torch.fx cannot trace."""
     import copy
     layers = list(quant_layers(model, include_8bit=True))
     if not layers:

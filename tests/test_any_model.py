@@ -136,7 +136,7 @@ def test_trained_digits_cnn_keeps_its_accuracy_at_w4a4_right_after_calibration(a
 
 def test_model_zoo_trains_a_network_on_cifar_and_measures_it():
     """benchmarks/model_zoo.py part 2 on synthetic CIFAR-shaped data (tests never download):
-    the row has the errors of a converted copy, and the trained model was left float."""
+    a row with both errors, the 8-bit one the smaller."""
     from model_zoo import cifar_row
 
     from dambq.data import make_synthetic

@@ -123,9 +123,11 @@ def test_committed_outputs_come_from_the_profile_the_notebook_names():
 
 def test_frontier_rows_and_verdict(tmp_path):
     import json
+
+    from dambq.pipeline import stage_file
     for method, seed, top1 in (("lba", 0, 85.0), ("lba", 1, 85.4), ("random", 0, 84.0), ("random", 1, 84.3),
                                ("uniform", 0, 85.2), ("uniform", 1, 84.9)):
-        name = "lba" + ("" if method == "lba" else f"-{method}") + "-W1.0A2.0" + (f"-s{seed}" if seed else "")
+        name = stage_file("lba", 1.0, 2.0, method, seed)  # as benchmarks/allocation_frontier.py names them
         (tmp_path / f"{name}.json").write_text(json.dumps({
             "stage": "lba", "finished": True, "targets": [1.0, 2.0], "seed": seed, "top1": top1, "weight_avg": 1.0,
             "act_avg": 2.0, "allocator": {} if method == "lba" else {"signal": method}}))
