@@ -51,40 +51,9 @@ def time_epochs(name: str, model: torch.nn.Module, data, cfg: StageConfig, devic
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=3, help="per configuration; the first is warm-up")
-    parser.add_argument("--data", default=None, help="data root (else DAMBQ_DATA, else ../shared/data)")
-    parser.add_argument("--source", default="auto", help="dambq.data.load_cifar10 source (synthetic for a dry run)")
-    parser.add_argument("--train-limit", type=int, default=None, help="use a subset (dry runs only)")
-    parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
-                        help="torch.compile inside fit: off (eager), on, or both (eager and compiled rows)")
-    parser.add_argument("--compile-modes", default="default",
-                        help="comma list of torch.compile modes for the compiled rows, e.g. default,reduce-overhead")
-    parser.add_argument("--out", default="results/gpu.md")
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    started = time.perf_counter()
-    data = load_cifar10(args.data, source=args.source, train_limit=args.train_limit)
-    load_seconds = time.perf_counter() - started
-    cfg = StageConfig(epochs=args.epochs, lr=0.05, batch_size=args.batch, weight_decay=1e-4, nesterov=False)
-    modes = [m if m != "default" else None for m in args.compile_modes.split(",")]
-    variants = ([(False, None)] if args.compile in ("off", "both") else []) + \
-               ([(True, mode) for mode in modes] if args.compile in ("on", "both") else [])
-    torch.manual_seed(0)
-    float_model = build_model("resnet20")
-    start = {k: v.clone() for k, v in float_model.state_dict().items()}
-    rows = []
-    for compile, mode in variants:
-        for name, quantized, allocate in (("float", False, False), ("W4A4", True, False),
-                                          ("W4A4 + allocation", True, True)):
-            model = build_model("resnet20")
-            model.load_state_dict(start)
-            model = dambq.convert(model, inplace=True) if quantized else model
-            rows.append(time_epochs(name, model, data, cfg, device, allocate, compile, mode))
-            print(rows[-1], flush=True)
+def write_table(rows: list[dict], args, device: torch.device, data, load_seconds: float) -> str:
+    """The results table of the rows so far, written to --out: written after every row, so a
+    time limit that stops the benchmark (the GPU lease) keeps the rows it finished."""
     command = " ".join(["python benchmarks/epoch_time.py", *sys.argv[1:]])
     memory = " | peak GiB" if device.type == "cuda" else ""
     lines = [
@@ -105,7 +74,7 @@ def main() -> None:
                      f"{row['images_per_s']:.0f} | {row['top1']:.2f}"
                      + (f" | {row['peak_gib']:.2f}" if memory else "") + " |")
     lines.append("")
-    for i in range(0, len(rows), 3):
+    for i in range(0, len(rows) - len(rows) % 3, 3):  # complete groups only
         group = rows[i:i + 3]
         lines.append(f"{group[0]['compiled']}: quantized / float epoch time W4A4 {group[1]['epoch'] / group[0]['epoch']:.2f}x, "
                      f"W4A4 + allocation {group[2]['epoch'] / group[0]['epoch']:.2f}x; the paper profile's 900 "
@@ -115,7 +84,46 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
-    print(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=3, help="per configuration; the first is warm-up")
+    parser.add_argument("--data", default=None, help="data root (else DAMBQ_DATA, else ../shared/data)")
+    parser.add_argument("--source", default="auto", help="dambq.data.load_cifar10 source (synthetic for a dry run)")
+    parser.add_argument("--train-limit", type=int, default=None, help="use a subset (dry runs only)")
+    parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                        help="torch.compile inside fit: off (eager), on, or both (eager and compiled rows)")
+    parser.add_argument("--compile-modes", default="default",
+                        help="comma list of torch.compile modes for the compiled rows, e.g. default,reduce-overhead")
+    parser.add_argument("--out", default="results/gpu.md")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    started = time.perf_counter()
+    data = load_cifar10(args.data, source=args.source, train_limit=args.train_limit)
+    load_seconds = time.perf_counter() - started
+    cfg = StageConfig(epochs=args.epochs, lr=0.05, batch_size=args.batch, weight_decay=1e-4, nesterov=False)
+    modes = [m if m != "default" else None for m in args.compile_modes.split(",")]
+    # compiled rows first: they are fit's CUDA default, the rows a time-limited lease most needs
+    variants = ([(True, mode) for mode in modes] if args.compile in ("on", "both") else []) + \
+               ([(False, None)] if args.compile in ("off", "both") else [])
+    torch.manual_seed(0)
+    float_model = build_model("resnet20")
+    start = {k: v.clone() for k, v in float_model.state_dict().items()}
+    rows = []
+    for compile, mode in variants:
+        for name, quantized, allocate in (("float", False, False), ("W4A4", True, False),
+                                          ("W4A4 + allocation", True, True)):
+            model = build_model("resnet20")
+            model.load_state_dict(start)
+            model = dambq.convert(model, inplace=True) if quantized else model
+            rows.append(time_epochs(name, model, data, cfg, device, allocate, compile, mode))
+            print(rows[-1], flush=True)
+            write_table(rows, args, device, data, load_seconds)
+    print(write_table(rows, args, device, data, load_seconds))
 
 
 if __name__ == "__main__":

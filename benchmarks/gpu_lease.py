@@ -10,7 +10,8 @@ On a CPU, as CI does, the same script runs every step in seconds:
 
     python benchmarks/gpu_lease.py --dry-run --bundle /tmp/lease.tar.gz
 
-Steps, each given a share of the minutes and each allowed to fail without stopping the rest:
+Steps, each given a share of the minutes left (by WEIGHTS, among the steps not skipped) and each
+allowed to fail without stopping the rest:
   (a) the CUDA-marked tests (pytest -m cuda) and notebooks 01-04 under the smoke profile
       through papermill on the device (skipped, and said so, when papermill is missing);
   (b) benchmarks/epoch_time.py: float / W4A4 / W4A4 + allocation at batch 512, eager and
@@ -38,6 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the GPU machine runs its own python3, where dambq is not installed
 CHECKPOINT_LIMIT_MB = 5.0
+# a step's share of the minutes left is its weight over the weights of the steps still to run, so
+# skipping one (--skip) gives its time to the others instead of leaving it unused
+WEIGHTS = {"cuda-tests": 1.5, "notebooks-smoke": 2.5, "epoch-time": 4.0, "paper-profile": 4.0}
 
 
 def run_step(name: str, command: list[str], seconds: float, log_dir: Path, env: dict) -> dict:
@@ -107,11 +111,18 @@ def main() -> None:
     python = sys.executable
     device = "cpu" if args.dry_run else "cuda"
 
-    def left(share: float = 1.0) -> float:
-        return share * (end - time.time())
-
     skip = set(filter(None, args.skip.split(",")))
+    unknown = skip - set(WEIGHTS)
+    if unknown:
+        parser.error(f"--skip: unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(WEIGHTS)}")
     steps = []
+
+    def left(name: str | None = None) -> float:
+        """Seconds for step `name`: its weighted share of what is left (all of it for None)."""
+        if name is None:
+            return end - time.time()
+        to_run = [n for n in list(WEIGHTS)[list(WEIGHTS).index(name):] if n not in skip]
+        return WEIGHTS[name] / sum(WEIGHTS[n] for n in to_run) * (end - time.time())
 
     def step(name: str, command: list[str], seconds: float) -> None:
         if name in skip:
@@ -121,12 +132,12 @@ def main() -> None:
             steps.append(run_step(name, command, seconds, work, env))
 
     # (a) CUDA tests, then the notebooks on the device under the smoke profile
-    step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], left(0.1))
+    step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], left("cuda-tests"))
     notebooks = [python, "-m", "dambq.workbook", "--profile", "smoke", "--device", device,
                  "--runs-dir", str(work / "smoke-runs"), "--out", str(work / "smoke-notebooks"),
                  "--figures-dir", str(work / "smoke-figures")]
     if has_module("papermill") or "notebooks-smoke" in skip:
-        step("notebooks-smoke", notebooks, left(0.25))
+        step("notebooks-smoke", notebooks, left("notebooks-smoke"))
     else:
         steps.append({"name": "notebooks-smoke", "command": shlex.join(notebooks), "code": "skipped: papermill "
                       "is not installed here (carry wheels: see the README's GPU section)", "seconds": 0.0, "log": "-"})
@@ -137,7 +148,7 @@ def main() -> None:
     epoch += (["--compile", "off", "--source", "synthetic", "--train-limit", "128", "--batch", "32", "--epochs", "2"]
               if args.dry_run else ["--compile", "both", "--compile-modes", args.compile_modes,
                                     "--batch", "512", "--epochs", "3"])
-    step("epoch-time", epoch, left(0.45))
+    step("epoch-time", epoch, left("epoch-time"))
     # (c) the paper profile for the rest, leaving a minute for writing up and packing
     budget = max(0.0, (left() - 60 * (0.05 if args.dry_run else 1.0)) / 60)
     paper = [python, "-m", "dambq.pipeline", "--profile", "smoke" if args.dry_run else "paper",
