@@ -44,11 +44,19 @@ CHECKPOINT_LIMIT_MB = 5.0
 WEIGHTS = {"cuda-tests": 1.5, "notebooks-smoke": 2.5, "epoch-time": 4.0, "paper-profile": 4.0}
 
 
+def shown(text: str) -> str:
+    """A command or log line as results/gpu.md shows it: no machine's paths (the interpreter is
+    `python`, files are relative to the repository, the returned folder is $OUT)."""
+    text = text.replace(sys.executable, "python").replace(str(ROOT) + os.sep, "")
+    out = os.environ.get("OUT")
+    return text.replace(out, "$OUT") if out else text
+
+
 def run_step(name: str, command: list[str], seconds: float, log_dir: Path, env: dict) -> dict:
     """Run one step as a subprocess with a time limit; its output goes to <log_dir>/<name>.log."""
     log = log_dir / f"{name}.log"
     started = time.time()
-    print(f"== {name} (limit {seconds:.0f} s): {shlex.join(command)}", flush=True)
+    print(f"== {name} (limit {seconds:.0f} s): {shown(shlex.join(command))}", flush=True)
     with open(log, "w") as handle:
         # a process group of its own, so a timeout also ends what it started (papermill's kernels)
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
@@ -59,7 +67,7 @@ def run_step(name: str, command: list[str], seconds: float, log_dir: Path, env: 
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             code = "timeout"
-    result = {"name": name, "command": shlex.join(command), "code": code,
+    result = {"name": name, "command": shown(shlex.join(command)), "code": code,
               "seconds": time.time() - started, "log": log.name}
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
     print(f"   -> {code} in {result['seconds']:.0f} s; " + " | ".join(tail), flush=True)
@@ -126,7 +134,7 @@ def main() -> None:
 
     def step(name: str, command: list[str], seconds: float) -> None:
         if name in skip:
-            steps.append({"name": name, "command": shlex.join(command), "code": "skipped (--skip)",
+            steps.append({"name": name, "command": shown(shlex.join(command)), "code": "skipped (--skip)",
                           "seconds": 0.0, "log": "-"})
         else:
             steps.append(run_step(name, command, seconds, work, env))
@@ -139,7 +147,7 @@ def main() -> None:
     if has_module("papermill") or "notebooks-smoke" in skip:
         step("notebooks-smoke", notebooks, left("notebooks-smoke"))
     else:
-        steps.append({"name": "notebooks-smoke", "command": shlex.join(notebooks), "code": "skipped: papermill "
+        steps.append({"name": "notebooks-smoke", "command": shown(shlex.join(notebooks)), "code": "skipped: papermill "
                       "is not installed here (carry wheels: see the README's GPU section)", "seconds": 0.0, "log": "-"})
     # (b) epoch times, eager and compiled (the dry run leaves compilation to tests/test_engine.py:
     # inductor on a CPU takes minutes for the three ResNet20 graphs)
@@ -160,13 +168,13 @@ def main() -> None:
     from dambq.pipeline import device_name
     name = device_name(torch.device(device))
     lines = ["# GPU lease: CUDA checks, epoch time, paper profile" + (" (DRY RUN on CPU)" if args.dry_run else ""),
-             "", f"Command: `python benchmarks/gpu_lease.py {shlex.join(sys.argv[1:])}`", "",
+             "", f"Command: `python benchmarks/gpu_lease.py {shown(shlex.join(sys.argv[1:]))}`", "",
              f"Device: {name}; torch {torch.__version__}; Python {platform.python_version()}; "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}; total {(time.time() - started) / 60:.1f} min.", "",
              "| step | exit | seconds | command |", "|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['code']} | {s['seconds']:.0f} | `{s['command']}` |" for s in steps]
     if epoch_md.exists():
-        lines += ["", "## Epoch time", "", *epoch_md.read_text().splitlines()[2:]]
+        lines += ["", "## Epoch time", "", *shown(epoch_md.read_text()).splitlines()[2:]]
     lines += ["", f"## Paper profile ({checkpoints.relative_to(ROOT) if not args.dry_run else checkpoints})", "",
               "Epochs reached and top-1 (final epoch) per stage; rerun the command on the next lease to resume.", "",
               "| stage | epochs done | top-1 (%) | bits | precision | minutes |", "|---|---|---|---|---|---|",
