@@ -1,6 +1,6 @@
 """Epoch time of the training engine: float vs channel-wise W4A4 vs W4A4 with allocation.
 
-    python benchmarks/epoch_time.py --device cuda --batch 512 --epochs 3 --out results/gpu.md
+    python benchmarks/epoch_time.py --device cuda --batch 512 --epochs 3 --compile both --out results/epoch-time-gpu.md
     python benchmarks/epoch_time.py --device cpu --batch 128 --epochs 2 --train-limit 4096 --out runs/epoch-time-cpu.md
 
 The GPU check of the engine issue: one prepared script, a few minutes on one GPU.
@@ -99,7 +99,7 @@ def main() -> None:
                         help="torch.compile inside fit: off (eager), on, or both (eager and compiled rows)")
     parser.add_argument("--compile-modes", default="default",
                         help="comma list of torch.compile modes for the compiled rows, e.g. default,reduce-overhead")
-    parser.add_argument("--out", default="results/gpu.md")
+    parser.add_argument("--out", default="results/epoch-time.md")
     args = parser.parse_args()
     device = resolve_device(args.device)
     started = time.perf_counter()

@@ -4,7 +4,7 @@ On the lent GPU machine (the working tree travels; ../shared does not, so the CI
 archive travels as data/cifar10-jpeg.tar.gz, git-ignored, named in `carry`):
 
     cp ../shared/data/cifar10-jpeg.tar.gz data/       # once, here, before the lease
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_lease.py --minutes 8 --bundle $OUT/lease.tar.gz
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_lease.py --minutes 9 --skip notebooks-smoke --bundle $OUT/lease.tar.gz
 
 On a CPU, as CI does, the same script runs every step in seconds:
 
@@ -12,11 +12,14 @@ On a CPU, as CI does, the same script runs every step in seconds:
 
 Steps, each given a share of the minutes left (by WEIGHTS, among the steps not skipped) and each
 allowed to fail without stopping the rest:
-  (a) the CUDA-marked tests (pytest -m cuda) and notebooks 01-04 under the smoke profile
-      through papermill on the device (skipped, and said so, when papermill is missing);
-  (b) benchmarks/epoch_time.py: float / W4A4 / W4A4 + allocation at batch 512, eager and
-      compiled;
-  (c) the paper profile (float -> W4A4 -> W2.0A2.0) into checkpoints/paper/ for whatever time
+  (a) the CUDA-marked tests (pytest -m cuda);
+  (b) benchmarks/step_profile.py: operator calls, kernel launches and kernel time of a float and
+      a W4A4 + tracking step, eager, compiled and compiled with CUDA graphs (reduce-overhead);
+  (c) notebooks 01-04 under the smoke profile through papermill on the device (skipped, and said
+      so, when papermill is missing: carry the wheels of benchmarks/device_wheels.sh);
+  (d) benchmarks/epoch_time.py: float / W4A4 / W4A4 + allocation at batch 512, compiled in
+      --compile-modes (and eager with --epoch-eager);
+  (e) the paper profile (float -> W4A4 -> W2.0A2.0) into checkpoints/paper/ for whatever time
       is left, checkpointing every epoch: the next lease resumes where this one stopped.
 It writes results/gpu.md (device, torch version, every number's command) and, with --bundle,
 packs results/gpu.md, the step logs and checkpoints/paper/ into one archive ($OUT returns at
@@ -41,7 +44,10 @@ sys.path.insert(0, str(ROOT))  # the GPU machine runs its own python3, where dam
 CHECKPOINT_LIMIT_MB = 5.0
 # a step's share of the minutes left is its weight over the weights of the steps still to run, so
 # skipping one (--skip) gives its time to the others instead of leaving it unused
-WEIGHTS = {"cuda-tests": 1.5, "notebooks-smoke": 2.5, "epoch-time": 4.0, "paper-profile": 4.0}
+WEIGHTS = {"cuda-tests": 2.5, "step-profile": 2.5, "notebooks-smoke": 2.5, "epoch-time": 3.0,
+           "paper-profile": 3.0}
+# the first lease (results/gpu-lease-1.md) timed eager and default-compiled epochs and found the
+# quantized step 5-7x float either way; the CUDA tests needed more than the 71 s they were given
 
 
 def shown(text: str) -> str:
@@ -100,11 +106,12 @@ def main() -> None:
     parser.add_argument("--results", default=None, help="results file (default results/gpu.md; dry run: in --work)")
     parser.add_argument("--work", default=None, help="folder for step logs (default runs/lease)")
     parser.add_argument("--bundle", default=None, help="pack results, logs and checkpoints into this .tar.gz")
-    parser.add_argument("--compile-modes", default="default",
-                        help="torch.compile modes for step (b), e.g. default,reduce-overhead (CUDA graphs; each "
-                             "adds three compilations)")
-    parser.add_argument("--skip", default="", help="comma list of steps to leave out: "
-                        "cuda-tests, notebooks-smoke, epoch-time, paper-profile")
+    parser.add_argument("--compile-modes", default="reduce-overhead",
+                        help="torch.compile modes of the epoch-time step, e.g. default,reduce-overhead (CUDA "
+                             "graphs; each adds three compilations); its eager rows come with --epoch-eager")
+    parser.add_argument("--epoch-eager", action="store_true",
+                        help="also time eager epochs (results/gpu-lease-1.md has eager and default-compiled ones)")
+    parser.add_argument("--skip", default="", help="comma list of steps to leave out: " + ", ".join(WEIGHTS))
     args = parser.parse_args()
     started = time.time()
     end = started + 60 * args.minutes
@@ -141,6 +148,12 @@ def main() -> None:
 
     # (a) CUDA tests, then the notebooks on the device under the smoke profile
     step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], left("cuda-tests"))
+    # where the step's time goes: operator calls, kernel launches and kernel time per step
+    profile_md = work / "step-profile.md"
+    profile = [python, "benchmarks/step_profile.py", "--device", device, "--out", str(profile_md)]
+    profile += (["--batch", "16", "--steps", "1", "--modes", "eager"] if args.dry_run else
+                ["--batch", "512", "--steps", "5", "--modes", "eager,default,reduce-overhead"])
+    step("step-profile", profile, left("step-profile"))
     notebooks = [python, "-m", "dambq.workbook", "--profile", "smoke", "--device", device,
                  "--runs-dir", str(work / "smoke-runs"), "--out", str(work / "smoke-notebooks"),
                  "--figures-dir", str(work / "smoke-figures")]
@@ -156,6 +169,8 @@ def main() -> None:
     epoch += (["--compile", "off", "--source", "synthetic", "--train-limit", "128", "--batch", "32", "--epochs", "2"]
               if args.dry_run else ["--compile", "both", "--compile-modes", args.compile_modes,
                                     "--batch", "512", "--epochs", "3"])
+    if not args.dry_run and not args.epoch_eager:
+        epoch[epoch.index("both")] = "on"
     step("epoch-time", epoch, left("epoch-time"))
     # (c) the paper profile for the rest, leaving a minute for writing up and packing
     budget = max(0.0, (left() - 60 * (0.05 if args.dry_run else 1.0)) / 60)
@@ -173,6 +188,8 @@ def main() -> None:
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}; total {(time.time() - started) / 60:.1f} min.", "",
              "| step | exit | seconds | command |", "|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['code']} | {s['seconds']:.0f} | `{s['command']}` |" for s in steps]
+    if profile_md.exists():
+        lines += ["", "## Step profile", "", *shown(profile_md.read_text()).splitlines()[2:]]
     if epoch_md.exists():
         lines += ["", "## Epoch time", "", *shown(epoch_md.read_text()).splitlines()[2:]]
     lines += ["", f"## Paper profile ({checkpoints.relative_to(ROOT) if not args.dry_run else checkpoints})", "",
@@ -191,8 +208,9 @@ def main() -> None:
             tar.add(results, arcname=f"results/{results.name}")
             for log in work.glob("*.log"):
                 tar.add(log, arcname=f"lease-logs/{log.name}")
-            if epoch_md.exists():
-                tar.add(epoch_md, arcname="lease-logs/epoch-time.md")
+            for table in (epoch_md, profile_md):
+                if table.exists():
+                    tar.add(table, arcname=f"lease-logs/{table.name}")
             if checkpoints.exists():
                 tar.add(checkpoints, arcname="checkpoints/paper")
         print(f"packed {args.bundle}", flush=True)

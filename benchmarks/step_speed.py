@@ -30,7 +30,7 @@ WARMUP = 3  # untimed steps per configuration; the first one includes compilatio
 
 
 def make_step(quantized: bool, amp: bool, compile: bool, batch: int, device: torch.device,
-              memory_format=torch.channels_last, arch: str = "resnet20"):
+              memory_format=torch.channels_last, arch: str = "resnet20", compile_mode: str | None = None):
     """A closure that takes one timed training step of a fresh ResNet20 (W4A4 + tracking
     when `quantized`) on a fixed random batch, as `fit` would with these settings."""
     torch.manual_seed(0)
@@ -40,7 +40,7 @@ def make_step(quantized: bool, amp: bool, compile: bool, batch: int, device: tor
     model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     allocator = dambq.BitAllocator(model, 2.0, 2.0) if quantized else None
-    step_fn = torch.compile(model) if compile else model
+    step_fn = torch.compile(model, mode=compile_mode) if compile else model
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,), device=device)
 

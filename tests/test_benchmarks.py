@@ -33,13 +33,15 @@ def test_gpu_lease_dry_run_runs_every_step_and_packs_the_results(tmp_path):
                     "--work", str(tmp_path / "work"), "--skip", "notebooks-smoke", "--bundle", str(bundle)],
                    check=True, cwd=tmp_path, capture_output=True, text=True)
     text = (tmp_path / "work" / "gpu.md").read_text()
-    for step in ("cuda-tests", "epoch-time", "paper-profile"):
+    for step in ("cuda-tests", "step-profile", "epoch-time", "paper-profile"):
         assert f"| {step} | 0 |" in text, text
     assert "| notebooks-smoke | skipped (--skip) |" in text
     assert "| lba | 3 / 3 |" in text and "| W4A4 + allocation" in text
+    assert "| W4A4 + tracking | eager |" in text  # the step profile's table made it in
     with tarfile.open(bundle) as tar:
         names = tar.getnames()
     assert "results/gpu.md" in names and "checkpoints/paper/lba.pt" in names and "lease-logs/paper-profile.log" in names
+    assert "lease-logs/step-profile.md" in names
 
 
 def test_clip_init_script_writes_its_table(tmp_path):
