@@ -20,7 +20,8 @@ allowed to fail without stopping the rest:
   (d) benchmarks/epoch_time.py: float / W4A4 / W4A4 + allocation at batch 512, compiled in
       --compile-modes (and eager with --epoch-eager);
   (e) the paper profile (float -> W4A4 -> W2.0A2.0) into checkpoints/paper/ for whatever time
-      is left, checkpointing every epoch: the next lease resumes where this one stopped.
+      is left, checkpointing every epoch (the next lease resumes where this one stopped), with the
+      compile mode whose quantized step (b) timed fastest on this machine.
 It writes results/gpu.md (device, torch version, every number's command) and, with --bundle,
 packs results/gpu.md, the step logs and checkpoints/paper/ into one archive ($OUT returns at
 most 8 files). Commit the checkpoints that come back (each must stay <= 5 MB).
@@ -78,6 +79,21 @@ def run_step(name: str, command: list[str], seconds: float, log_dir: Path, env: 
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
     print(f"   -> {code} in {result['seconds']:.0f} s; " + " | ".join(tail), flush=True)
     return result
+
+
+def fastest_engine(profile_json: Path) -> list[str]:
+    """Pipeline flags for the compile mode whose W4A4 + tracking step the step profile timed
+    fastest on this machine (none, i.e. fit's default, when there is no profile): the quantized
+    stages are where the paper profile's minutes go."""
+    if not profile_json.exists():
+        return []
+    rows = [r for r in json.loads(profile_json.read_text()) if r["model"] != "float"]
+    if not rows:
+        return []
+    mode = min(rows, key=lambda r: r["wall_ms"])["mode"]
+    print(f"   paper profile engine: {mode} (fastest W4A4 + tracking step in the step profile)", flush=True)
+    return {"eager": ["--compile", "off"], "default": ["--compile", "on"]}.get(
+        mode, ["--compile", "on", "--compile-mode", mode])
 
 
 def has_module(name: str) -> bool:
@@ -150,7 +166,10 @@ def main() -> None:
     step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], left("cuda-tests"))
     # where the step's time goes: operator calls, kernel launches and kernel time per step
     profile_md = work / "step-profile.md"
-    profile = [python, "benchmarks/step_profile.py", "--device", device, "--out", str(profile_md)]
+    profile_json = work / "step-profile.json"
+    profile_json.unlink(missing_ok=True)
+    profile = [python, "benchmarks/step_profile.py", "--device", device, "--out", str(profile_md),
+               "--json", str(profile_json)]
     profile += (["--batch", "16", "--steps", "1", "--modes", "eager"] if args.dry_run else
                 ["--batch", "512", "--steps", "5", "--modes", "eager,default,reduce-overhead"])
     step("step-profile", profile, left("step-profile"))
@@ -176,7 +195,7 @@ def main() -> None:
     budget = max(0.0, (left() - 60 * (0.05 if args.dry_run else 1.0)) / 60)
     paper = [python, "-m", "dambq.pipeline", "--profile", "smoke" if args.dry_run else "paper",
              "--stages", "float,w4a4,lba", "--out", str(checkpoints), "--device", device,
-             "--time-budget", f"{budget:.2f}", "--no-progress"]
+             "--time-budget", f"{budget:.2f}", "--no-progress", *fastest_engine(profile_json)]
     step("paper-profile", paper, 60 * budget + 120)
     # results/gpu.md
     import torch  # after the steps: the parent holds no device memory while they run

@@ -99,12 +99,15 @@ def build_cifar(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, num_classes=10)
 
 
-def cifar_row(name: str, data, steps: int, seed: int = 0) -> dict:
-    """Train `name` briefly on CIFAR-10 (SGD, nesterov, lr 0.02, gradient norm clipped at 5, batch
+def train_cifar(name: str, data, steps: int, seed: int = 0) -> tuple[nn.Module, dict]:
+    """`name` trained briefly on CIFAR-10 (SGD, nesterov, lr 0.02, gradient norm clipped at 5, batch
     128, no augmentation: the point is a network with learned structure, not its accuracy; at lr
-    0.05 without clipping squeezenet1_0's weights became NaN), then its output errors
-    right after calibration on 256 training images, on the test images (the whole subset: it is
-    ordered by class)."""
+    0.05 without clipping squeezenet1_0's weights became NaN), in evaluation mode, with its
+    normalised images: {"train_x", "test_x", "test_y", "calibration" (256 training images),
+    "seconds"}.
+
+    Raises:
+        RuntimeError: the weights became non-finite."""
     from dambq.batches import normalize
     torch.manual_seed(seed)
     model = build_cifar(name)
@@ -126,6 +129,15 @@ def cifar_row(name: str, data, steps: int, seed: int = 0) -> dict:
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise RuntimeError(f"{name} diverged in its {steps} training steps (non-finite weights)")
     calibration = train_x[torch.randperm(len(train_x), generator=gen)[:256]]
+    return model, {"train_x": train_x, "test_x": test_x, "test_y": test_y, "calibration": calibration,
+                   "seconds": trained}
+
+
+def cifar_row(name: str, data, steps: int, seed: int = 0) -> dict:
+    """`train_cifar`, then the output errors right after calibration on 256 training images, on
+    the test images (the whole subset: it is ordered by class)."""
+    model, sets = train_cifar(name, data, steps, seed)
+    test_x, test_y, calibration, trained = sets["test_x"], sets["test_y"], sets["calibration"], sets["seconds"]
     with torch.no_grad():
         reference = torch.cat([model(b) for b in test_x.split(64)])
     a8 = quantized_copy(model, calibration, weight_bits=None, act_bits=8, keep_8bit=None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--modes", default="eager,default,reduce-overhead",
                         help="comma list: eager, and torch.compile modes (reduce-overhead: CUDA graphs, CUDA only)")
     parser.add_argument("--out", default="results/step-profile.md")
+    parser.add_argument("--json", default=None, help="also write the rows here (the GPU lease reads them to "
+                        "pick the paper profile's compile mode)")
     args = parser.parse_args()
     device = torch.device(args.device)
     amp = engine_settings(device)["amp"]
@@ -99,6 +102,8 @@ def main() -> None:
             rows.append(row)
             print({k: v for k, v in row.items() if k != "top"}, flush=True)
             write(args.out, lines_head, rows)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1))
     print(Path(args.out).read_text())
 
 

@@ -145,6 +145,19 @@ def test_model_zoo_trains_a_network_on_cifar_and_measures_it():
     assert 0 <= row["float top-1 (%)"] <= 100
 
 
+def test_layer_ablation_measures_every_input_and_the_range_experiment():
+    """benchmarks/layer_ablation.py on synthetic data: one error per quantized input, the
+    largest first, and every range variant of the experiment (per tensor / per channel)."""
+    from layer_ablation import ablate
+
+    from dambq.data import make_synthetic
+    summary, rows, ranges = ablate("tiny_vit", make_synthetic(num_train=256, num_test=64), steps=2, top=3)
+    errors = [r["error, this input alone"] for r in rows]
+    assert len(rows) == 3 and errors == sorted(errors, reverse=True) and all(0 <= e < 1 for e in errors)
+    assert summary["layers"] >= 3 and 0 < summary["A8 error, every input"] < 1
+    assert len(ranges) == 7 and all(0 <= v < 1 for k, v in ranges.items() if k != "model")
+
+
 # ---------------------------------------------------------------------------- attention
 
 @pytest.mark.parametrize("batch_first", [True, False])

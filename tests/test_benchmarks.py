@@ -38,6 +38,7 @@ def test_gpu_lease_dry_run_runs_every_step_and_packs_the_results(tmp_path):
     assert "| notebooks-smoke | skipped (--skip) |" in text
     assert "| lba | 3 / 3 |" in text and "| W4A4 + allocation" in text
     assert "| W4A4 + tracking | eager |" in text  # the step profile's table made it in
+    assert "--no-progress --compile off`" in text  # the paper step took the profiled (only) mode, eager
     with tarfile.open(bundle) as tar:
         names = tar.getnames()
     assert "results/gpu.md" in names and "checkpoints/paper/lba.pt" in names and "lease-logs/paper-profile.log" in names
