@@ -85,6 +85,8 @@ def main() -> None:
     device = torch.device(args.device)
     amp = engine_settings(device)["amp"]
     modes = [m for m in args.modes.split(",") if m and not (m == "reduce-overhead" and device.type != "cuda")]
+    if "reduce-overhead" in modes:  # say in the log why CUDA graphs were skipped, if they were
+        torch._logging.set_logs(perf_hints=True)
     rows = []
     lines_head = ["# Where a training step's time goes (ResNet20, batch %d)" % args.batch, "",
                   f"Command: `python benchmarks/step_profile.py {' '.join(sys.argv[1:])}`", "",
@@ -97,14 +99,23 @@ def main() -> None:
                              compile_mode=None if mode in ("eager", "default") else mode)
             for _ in range(WARMUP):
                 step()
+            skips_before = _cudagraph_skips()
             row = {"model": "W4A4 + tracking" if quantized else "float", "mode": mode,
                    **profile_steps(step, args.steps, device)}
+            if mode == "reduce-overhead":
+                row["graphs skipped"] = _cudagraph_skips() - skips_before
             rows.append(row)
             print({k: v for k, v in row.items() if k != "top"}, flush=True)
             write(args.out, lines_head, rows)
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1))
     print(Path(args.out).read_text())
+
+
+def _cudagraph_skips() -> int:
+    """How many compiled graphs inductor has run without CUDA graphs so far (reasons: perf_hints log)."""
+    from torch._dynamo.utils import counters
+    return int(counters["inductor"].get("cudagraph_skips", 0))
 
 
 def write(out: str, head: list[str], rows: list[dict]) -> None:
@@ -114,7 +125,8 @@ def write(out: str, head: list[str], rows: list[dict]) -> None:
     for r in rows:
         kernels = f"{r['kernels']:.0f}" if r["kernels"] is not None else "-"
         kernel_ms = f"{r['kernel_ms']:.2f}" if r["kernel_ms"] is not None else "-"
-        lines.append(f"| {r['model']} | {r['mode']} | {r['wall_ms']:.2f} | {r['ops']:.0f} | {kernels} | {kernel_ms} |")
+        mode = r["mode"] + (f" ({r['graphs skipped']} graphs ran without CUDA graphs)" if "graphs skipped" in r else "")
+        lines.append(f"| {r['model']} | {mode} | {r['wall_ms']:.2f} | {r['ops']:.0f} | {kernels} | {kernel_ms} |")
     pairs = {(r["mode"], r["model"]): r for r in rows}
     lines.append("")
     for mode in dict.fromkeys(r["mode"] for r in rows):
