@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_zoo import quantized_copy, relative_error, train_cifar  # noqa: E402  (a sibling script)
+from model_zoo import input_rounding_error, quantized_copy, relative_error, train_cifar  # noqa: E402
 
 from dambq.quantizers import Int8Act, UniformAct  # noqa: E402
 
@@ -145,10 +145,7 @@ def ablate(name: str, data, steps: int, top: int) -> tuple[dict, list[dict], dic
     test_x, calibration = sets["test_x"], sets["calibration"]
     with torch.no_grad():
         reference = torch.cat([model(b) for b in test_x.split(64)])
-        low, high = float(calibration.min()), float(calibration.max())
-        step = (high - low) / 255
-        rounded = ((test_x.clamp(low, high) - low) / step).round() * step + low
-        input_only = float((torch.cat([model(b) for b in rounded.split(64)]) - reference).norm() / reference.norm())
+    input_only = input_rounding_error(model, reference, calibration, test_x)
     a8 = quantized_copy(model, calibration, weight_bits=None, act_bits=8, keep_8bit=None)
     modules = dict(a8.named_modules())
     rows = []

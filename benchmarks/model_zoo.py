@@ -91,6 +91,17 @@ def relative_error(reference: torch.Tensor, quantized: nn.Module, images: torch.
     return float((out - reference).norm() / reference.norm())
 
 
+@torch.no_grad()
+def input_rounding_error(model: nn.Module, reference: torch.Tensor, calibration: torch.Tensor,
+                         images: torch.Tensor) -> float:
+    """Relative output error from rounding only the network's input to 8 bits on the calibration
+    images' range: the floor of any 8-bit scheme on this network."""
+    low, high = float(calibration.min()), float(calibration.max())
+    step = (high - low) / 255
+    rounded = ((images.clamp(low, high) - low) / step).round() * step + low
+    return relative_error(reference, model, rounded)
+
+
 def build_cifar(name: str) -> nn.Module:
     """The zoo network with a 10-class head for 32x32 inputs, random initial weights."""
     if name == "tiny_vit":
@@ -179,11 +190,7 @@ def zoo_row(name: str, seed: int = 0) -> dict:
     float_left = [r for r in report if r["status"] == "float" and not r["reason"].startswith("normalisation")]
     signed = [m for m in a8.modules() if isinstance(m, UniformAct) and m.signed]
     inputs = [m for m in a8.modules() if isinstance(m, UniformAct)]
-    low, high = float(calibration.min()), float(calibration.max())
-    step = (high - low) / 255
-    with torch.no_grad():  # the floor of any 8-bit scheme here: rounding the network's input alone
-        rounded = ((test.clamp(low, high) - low) / step).round() * step + low
-        input_only = float((torch.cat([model(b) for b in rounded.split(8)]) - reference).norm() / reference.norm())
+    input_only = input_rounding_error(model, reference, calibration, test)
     return {
         "model": name,
         "converted": sum(r["status"] != "float" for r in report),
