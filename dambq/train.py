@@ -70,26 +70,30 @@ def default_amp(device: torch.device) -> bool:
     return fast_bfloat16(device)
 
 
-def default_compile(device: torch.device) -> bool:
-    """torch.compile by default on CUDA, and on CPUs where bf16 is fast.
+def default_compile(device: torch.device, quantized: bool = True) -> bool:
+    """torch.compile by default only where a measurement showed it pays: quantized models on
+    CPUs with fast bf16.
 
-    Why not on every CPU: on an AVX2-only CPU (AMD EPYC, 2 cores) the compiled fp32 W4A4
-    step was within noise of eager (faster in one run, slower in another) while compiling
-    costs tens of seconds per quantized stage; with bf16 units (and on GPUs) the fused
-    quantizer kernels paid in the paper-scale issue's measurement. The table that
-    decides is results/step-speed.md (`python benchmarks/step_speed.py --all`)."""
-    return device.type == "cuda" or (device.type == "cpu" and fast_bfloat16(device))
+    Why so narrow: on an AMD EPYC with AVX512-BF16 (2 cores) compiling made the bf16 W4A4 +
+    tracking step 24 % faster but the float step 8 % slower (results/step-speed-avx512bf16.md,
+    `python benchmarks/step_speed.py --all`); on an AVX2-only EPYC the compiled fp32 step was
+    within noise of eager and costs tens of seconds per stage (results/step-speed.md); on an
+    H200 default-mode compilation made float and W4A4 epochs slower (results/gpu-lease-1.md),
+    so CUDA stays eager until a lease times CUDA graphs faster (`--compile on --compile-mode
+    reduce-overhead` asks for them; the GPU lease picks its mode from its own step profile)."""
+    return quantized and device.type == "cpu" and fast_bfloat16(device)
 
 
 def engine_settings(device: torch.device, amp: bool | None = None, compile: bool | None = None,
-                    channels_last: bool | None = None) -> dict:
-    """The device and precision policy in one place: each None becomes this device's default.
+                    channels_last: bool | None = None, quantized: bool = True) -> dict:
+    """The device and precision policy in one place: each None becomes this device's default
+    for a quantized (or, with quantized=False, a float) model.
 
     channels_last is on by default: on 2 CPU cores it speeds up the float and the W4A4
     step (results/step-speed.md vs results/step-speed-contiguous.md), and it is the layout
     tensor cores want."""
     return {"amp": default_amp(device) if amp is None else amp,
-            "compile": default_compile(device) if compile is None else compile,
+            "compile": default_compile(device, quantized) if compile is None else compile,
             "channels_last": True if channels_last is None else channels_last}
 
 
@@ -196,7 +200,7 @@ class Distillation(nn.Module):
 
     Temperature 1: the teacher is the student's own float parent, already close; its full
     distribution is the target, not a softened one. An extension, off by default: one run
-    each helped and hurt (results/quick-cpu.md, results/quick-cpu-clip3.md). A module, so
+    each helped and hurt (results/quick-cpu-zeropad-amx.md, results/quick-cpu-clip3.md). A module, so
     that `fit` moves the teacher to the training device with the model.
 
     Example:
@@ -328,7 +332,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         raise ValueError(f"batch size {cfg.batch_size} does not split over {world_size} processes: the profile's "
                          "batch size is the global batch, so it must be a multiple of the world size")
     quantized = is_quantized(model)
-    settings = engine_settings(device, amp, compile, channels_last)
+    settings = engine_settings(device, amp, compile, channels_last, quantized)
     amp = settings["amp"]
     memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
