@@ -73,25 +73,75 @@ def mse_range(values: Tensor, bits: int, candidates: int = 100) -> tuple[float, 
     return float(lows[best]), high, float(errors[best])
 
 
+def _grid_error_per_channel(values: Tensor, lows: Tensor, highs: Tensor, n: int) -> Tensor:
+    """Mean squared error [C, K] of the n-step uniform quantizer on [lows, highs] ([C, K]
+    candidates) for each channel's values ([C, m])."""
+    errors = []
+    for k in range(lows.shape[1]):
+        low, high = lows[:, k:k + 1], highs[:, k:k + 1]
+        step = (high - low).clamp_min(1e-12) / n
+        q = ((values - low) / step).clamp(0, n).round() * step + low
+        errors.append(((values - q) ** 2).mean(1))
+    return torch.stack(errors, 1)
+
+
+def mse_ranges_per_channel(values: Tensor, lows: Tensor, highs: Tensor, bits: int, signed: bool,
+                           candidates: int = 100) -> tuple[Tensor, Tensor, Tensor]:
+    """(low [C], high [C], error [C]) of each channel's MSE-optimal `bits`-bit range.
+
+    values [C, m] is a sample of each channel's inputs; lows / highs [C] are the extremes seen
+    over all calibration images (not only the sample's), so that the candidates reach as far as
+    the data did. Unsigned: low = 0 and high from (0, max]; signed: both ends scaled together
+    from [min, max], then the low end alone (as `mse_range`).
+
+    Example:
+        >>> v = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 0.1, 0.2, 0.3]])
+        >>> low, high, _ = mse_ranges_per_channel(v, v.amin(1), v.amax(1), bits=2, signed=False)
+        >>> [round(h, 3) for h in high.tolist()]
+        [3.0, 0.3]
+    """
+    values = values.float()
+    scales = torch.linspace(1 / candidates, 1, candidates, device=values.device)[None, :]
+    n = 2 ** bits - 1
+    if not signed:
+        top = highs.float().clamp_min(0)[:, None]
+        clips = torch.where(top > 0, top * scales, torch.ones_like(scales))  # all <= 0: a harmless clip 1
+        errors = _grid_error_per_channel(values, torch.zeros_like(clips), clips, n)
+        best = errors.argmin(1, keepdim=True)
+        return torch.zeros(len(values), device=values.device), clips.gather(1, best)[:, 0], errors.gather(1, best)[:, 0]
+    lo, hi = lows.float()[:, None], highs.float()[:, None]
+    errors = _grid_error_per_channel(values, lo * scales, hi * scales, n)
+    high = (hi * scales).gather(1, errors.argmin(1, keepdim=True))
+    low_candidates = lo * scales
+    errors = _grid_error_per_channel(values, low_candidates, high.expand_as(low_candidates), n)
+    best = errors.argmin(1, keepdim=True)
+    return low_candidates.gather(1, best)[:, 0], high[:, 0], errors.gather(1, best)[:, 0]
+
+
 @torch.no_grad()
 def calibrate_act_clips(model: nn.Module, images: Tensor, batch_size: int = 250,
-                        sample_per_layer: int = 200_000, seed: int = 0) -> dict[str, float | tuple[float, float]]:
+                        sample_per_layer: int = 200_000, seed: int = 0, per_channel_minimum: int = 2000) -> dict[str, float | tuple[float, float]]:
     """Set every input quantizer's range from one pass of `images` through `model`.
 
     Uniform quantizers get the MSE-optimal clip of their own input (activation quantization
     off, weight quantization on) at their largest
-    channel bit-width (signed ones an MSE-optimal [low, high]); the fixed 8-bit layers get
-    their input's min/max (so they quantize from the first evaluation on).
+    channel bit-width (signed ones an MSE-optimal [low, high]; with ranges per channel, each
+    channel its own); the fixed 8-bit layers get their input's min/max (so they quantize
+    from the first evaluation on).
 
     Args:
         model: a converted model (any device; `images` must be on the same one).
         images: normalised input batch(es), e.g. 2000 training images.
         batch_size: images per forward pass.
         sample_per_layer: at most this many values kept per layer (a random sample).
+        per_channel_minimum: where ranges are per channel (convert's act_range="channel"), at
+            least this many values kept per channel (so a wide layer keeps more than
+            sample_per_layer in all).
         seed: seeds the sample.
 
     Returns:
-        {layer name: clip}, or (low, high) for a signed layer.
+        {layer name: clip}, or (low, high) for a signed layer (lists, one value per channel,
+        where the ranges are per channel).
 
     Raises:
         ValueError: no activation quantizers, non-finite values in `images` or in a layer's
@@ -107,6 +157,8 @@ def calibrate_act_clips(model: nn.Module, images: Tensor, batch_size: int = 250,
         True
     """
     quantizers = [(name, m) for name, m in model.named_modules() if isinstance(m, (UniformAct, Int8Act))]
+    per_channel = {name for name, m in quantizers if isinstance(m, UniformAct) and m.range_per_channel}
+    by_name = dict(quantizers)
     if not any(isinstance(m, UniformAct) for _, m in quantizers):
         raise ValueError("no uniform activation quantizers to calibrate: call dambq.convert first")
     if not torch.isfinite(images).all():
@@ -114,14 +166,27 @@ def calibrate_act_clips(model: nn.Module, images: Tensor, batch_size: int = 250,
     per_batch = max(1, math.ceil(sample_per_layer * min(batch_size, len(images)) / len(images)))
     generator = torch.Generator().manual_seed(seed)
     samples: dict[str, list[Tensor]] = {name: [] for name, _ in quantizers}
-    extremes: dict[str, list[float]] = {name: [math.inf, -math.inf] for name, _ in quantizers}
+    extremes: dict[str, list] = {name: [math.inf, -math.inf] for name, _ in quantizers}
 
     def watch(name: str):
         def hook(module, args, output):
-            x = args[0].detach().float().flatten()
+            x = args[0].detach().float()
             if not torch.isfinite(x).all():
                 raise ValueError(f"non-finite values reach the input of {name!r} during calibration "
                                  "(no clip was changed)")
+            if name in per_channel:  # [C, values]: exact extremes per channel, a sample of each channel
+                q = by_name[name]
+                x = x.movedim(q.channel_dim % x.dim(), 0).reshape(q.channels, -1)
+                low, high = extremes[name]
+                extremes[name] = [torch.minimum(x.amin(1), torch.as_tensor(low, device=x.device)),
+                                  torch.maximum(x.amax(1), torch.as_tensor(high, device=x.device))]
+                keep = max(1, math.ceil(max(per_channel_minimum, sample_per_layer // q.channels)
+                                        * min(batch_size, len(images)) / len(images)))
+                if x.shape[1] > keep:
+                    x = x[:, torch.randint(x.shape[1], (keep,), generator=generator).to(x.device)]
+                samples[name].append(x)
+                return args[0]
+            x = x.flatten()
             extremes[name][0] = min(extremes[name][0], float(x.min()))
             extremes[name][1] = max(extremes[name][1], float(x.max()))
             if x.numel() > per_batch:  # a random sample (with replacement: no permutation of millions)
@@ -148,10 +213,36 @@ def calibrate_act_clips(model: nn.Module, images: Tensor, batch_size: int = 250,
             quantizer.high.fill_(high)
             quantizer.tracked.fill_(True)
             continue
-        values = torch.cat(samples[name])
         bits = max(1, int(quantizer.bits.max()))
+        if name in per_channel:
+            values = torch.cat(samples[name], 1)
+            results[name.removesuffix(".act_quant")] = _set_ranges_per_channel(quantizer, values, bits, low, high)
+            continue
+        values = torch.cat(samples[name])
         results[name.removesuffix(".act_quant")] = _set_range(quantizer, values, bits, low < 0)
     return results
+
+
+def _set_ranges_per_channel(quantizer: UniformAct, values: Tensor, bits: int, lows: Tensor,
+                            highs: Tensor) -> tuple[list[float], list[float]] | list[float]:
+    """Fit a range per channel; make the layer signed where allowed and better in total."""
+    auto = getattr(quantizer, "auto_sign", False)
+    if quantizer.sign_mode == "symmetric":
+        top = torch.maximum(lows.abs(), highs.abs())
+        _, clip, _ = mse_ranges_per_channel(values.abs(), torch.zeros_like(top), top, max(1, bits - 1), False)
+        quantizer.act_clip.copy_(clip)
+        return (-clip).tolist(), clip.tolist()
+    if quantizer.signed or (auto and bool((lows < 0).any())):
+        low, high, error = mse_ranges_per_channel(values, lows, highs, bits, True)
+        unsigned = None if quantizer.signed else mse_ranges_per_channel(values, lows, highs, bits, False)
+        if unsigned is None or float(error.sum()) < float(unsigned[2].sum()):
+            quantizer.make_signed(low=low, high=high)
+            return low.tolist(), high.tolist()
+        clip = unsigned[1]
+    else:
+        clip = mse_ranges_per_channel(values, lows, highs, bits, False)[1]
+    quantizer.act_clip.copy_(clip)
+    return clip.tolist()
 
 
 def _set_range(quantizer: UniformAct, values: Tensor, bits: int, negative: bool) -> float | tuple[float, float]:

@@ -18,11 +18,12 @@ DEFAULT_CODEBOOK = "lookup"  # measured best on trained ResNet20 weights: result
 
 
 ACT_SIGNED = ("auto", True, False, "symmetric")
+ACT_RANGES = ("layer", "channel")
 
 
 def convert(model: nn.Module, weight_bits: int | None = 4, act_bits: int | None = 4, granularity: str = "channel",
             keep_8bit: str | Sequence[str] | None = "auto", codebook: str = DEFAULT_CODEBOOK,
-            inplace: bool = False, act_signed: bool | str = "auto") -> nn.Module:
+            inplace: bool = False, act_signed: bool | str = "auto", act_range: str = "layer") -> nn.Module:
     """Replace every convertible layer of `model` by its quantized version.
 
     Convertible: nn.Conv1d/2d/3d, nn.Linear and nn.MultiheadAttention (exact types; the
@@ -47,13 +48,17 @@ def convert(model: nn.Module, weight_bits: int | None = 4, act_bits: int | None 
         act_signed: "auto" (inputs start unsigned, as after ReLU; `calibrate_act_clips` makes
             a layer signed when it sees its inputs go negative), True (signed, asymmetric
             range), "symmetric", or False (unsigned: negative inputs become 0).
+        act_range: "layer" (one learnable range per layer's input, the paper's) or "channel"
+            (one per input channel, beside its bits; for networks whose channels differ in scale
+            by orders of magnitude, results/layer-ablation.md). Needs granularity="channel".
 
     Returns:
         The converted model.
 
     Raises:
         ValueError: bits out of range or not whole numbers, an unknown code-book or
-            act_signed, a keep_8bit name that is not convertible, or nothing to convert.
+            act_signed or act_range, act_range="channel" with granularity="layer", a keep_8bit
+            name that is not convertible, or nothing to convert.
 
     Example:
         >>> import warnings
@@ -70,6 +75,10 @@ def convert(model: nn.Module, weight_bits: int | None = 4, act_bits: int | None 
             raise ValueError(f"{what} must be a whole number in 0..{high} (or None: keep float), got {value!r}")
     if act_signed not in ACT_SIGNED or isinstance(act_signed, int) and not isinstance(act_signed, bool):
         raise ValueError(f"act_signed must be one of {ACT_SIGNED}, got {act_signed!r}")
+    if act_range not in ACT_RANGES:
+        raise ValueError(f"act_range must be one of {ACT_RANGES}, got {act_range!r}")
+    if act_range == "channel" and granularity != "channel":
+        raise ValueError("act_range='channel' needs granularity='channel' (a range beside each channel's bits)")
     if codebook not in CODEBOOKS:
         raise ValueError(f"codebook must be one of {CODEBOOKS}, got {codebook!r}")
     weight_bits = None if weight_bits is None else int(weight_bits)
@@ -87,6 +96,10 @@ def convert(model: nn.Module, weight_bits: int | None = 4, act_bits: int | None 
             "weight_bits": weight_bits, "act_bits": act_bits, "granularity": granularity, "codebook": codebook,
             "act_signed": act_signed}
         quantized = QUANT_LAYERS[type(module)].from_float(module, **args)
+        if act_range == "channel":
+            for q in quantized.modules():
+                if isinstance(q, UniformAct) and q.channels > 1:
+                    q.make_range_per_channel()
         if name == "":
             return quantized  # the model itself was a single layer
         parent_name, _, child = name.rpartition(".")
@@ -272,7 +285,8 @@ def has_quantized_weight(layer: QuantMixin) -> bool:
     return not isinstance(layer.weight_quant, FloatWeight)
 
 
-def act_clips(model: nn.Module) -> dict[str, float]:
-    """{layer name: learnable activation clip} of every uniform activation quantizer."""
-    return {name.removesuffix(".act_quant"): float(module.act_clip.detach())
+def act_clips(model: nn.Module) -> dict[str, float | list[float]]:
+    """{layer name: learnable activation clip} of every uniform activation quantizer (a list,
+    one clip per input channel, where the ranges are per channel)."""
+    return {name.removesuffix(".act_quant"): module.act_clip.detach().tolist()
             for name, module in model.named_modules() if isinstance(module, UniformAct)}

@@ -107,8 +107,9 @@ class PackedAct(nn.Module):
     def __init__(self, low: Tensor, high: Tensor, bits: Tensor, channel_dim: int | None, kind: str):
         super().__init__()
         self.channel_dim, self.kind = channel_dim, kind
-        self.register_buffer("low", low.float().reshape(()))
-        self.register_buffer("high", high.float().reshape(()))
+        # one range per layer (a scalar each) or one per input channel (act_range="channel")
+        self.register_buffer("low", low.float().reshape(()) if low.numel() == 1 else low.float().flatten())
+        self.register_buffer("high", high.float().reshape(()) if high.numel() == 1 else high.float().flatten())
         self.register_buffer("bits", bits.to(torch.uint8))
 
     def __reduce__(self):  # only what rebuilds it: a module's dict of hooks costs more than its numbers
@@ -125,33 +126,39 @@ class PackedAct(nn.Module):
         low, high = (t.detach() for t in q.range())
         return cls(low, high, q.bits, q.channel_dim if q.channels > 1 else None, q.sign_mode)
 
+    def _per_channel(self, t: Tensor, x: Tensor) -> Tensor:
+        """`t` (one value, or one per channel) shaped to broadcast against `x`."""
+        if self.channel_dim is None or t.numel() == 1:
+            return t
+        shape = [1] * x.dim()
+        shape[self.channel_dim % x.dim()] = -1
+        return t.view(shape)
+
     def _levels(self, x: Tensor) -> Tensor:
-        n = (2 ** self.bits.long() - 1).float()
-        if self.channel_dim is not None:
-            shape = [1] * x.dim()
-            shape[self.channel_dim % x.dim()] = -1
-            n = n.view(shape)
-        return n
+        return self._per_channel((2 ** self.bits.long() - 1).float(), x)
 
     def integers(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(integer levels of x as float, step broadcastable to x), with the fake quantizers'
         own arithmetic (`quantizers._uniform_levels`, `_signed_levels`), so that they agree exactly."""
         n = self._levels(x)
+        low, high = self._per_channel(self.low, x), self._per_channel(self.high, x)
         if self.kind == "unsigned":
-            levels = (x.float() * (n / self.high)).clamp(min=0).minimum(n).round()
-            return levels, self.high / n.clamp_min(1) * (n > 0)
-        step = (self.high - self.low).clamp_min(1e-8) / n.clamp_min(1)
-        return ((x.float() - self.low) / step).clamp(min=0).minimum(n).round(), step * (n > 0)
+            levels = (x.float() * (n / high)).clamp(min=0).minimum(n).round()
+            return levels, high / n.clamp_min(1) * (n > 0)
+        step = (high - low).clamp_min(1e-8) / n.clamp_min(1)
+        return ((x.float() - low) / step).clamp(min=0).minimum(n).round(), step * (n > 0)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "int8":  # Int8Act's rounding, in fp32
             step = (self.high - self.low).clamp_min(1e-8) / 255
             return (((x.float().clamp(self.low, self.high) - self.low) / step).round() * step + self.low).to(x.dtype)
         levels, step = self.integers(x)
-        low = 0.0 if self.kind == "unsigned" else self.low
+        low = 0.0 if self.kind == "unsigned" else self._per_channel(self.low, x)
         return (levels * step + low * (step > 0)).to(x.dtype)
 
     def extra_repr(self) -> str:
+        if self.high.numel() > 1:
+            return f"{self.kind}, ranges per channel, high {float(self.high.min()):.3f}..{float(self.high.max()):.3f}"
         return f"{self.kind}, range=[{float(self.low):.3f}, {float(self.high):.3f}]"
 
 

@@ -241,7 +241,8 @@ class _UniformActQuant(torch.autograd.Function):
     buffer ~0.3-0.5 ms and more inside backward (its pages fault in), a boolean mask
     into `where` ~4 ms; hence in-place clamps, a float mask written in place, one
     buffer reused for the LBA term and the input gradient, and dot products for the
-    clip gradient (results/step-speed.md has the whole-step effect)."""
+    clip gradient (results/step-speed.md has the whole-step effect). `clip` is a scalar or,
+    for ranges per channel, shaped like `n` (one clip per channel, gradients per channel)."""
 
     @staticmethod
     def forward(ctx, x, clip, n, sensitivity, track_next, square=False):
@@ -287,8 +288,11 @@ class _UniformActQuant(torch.autograd.Function):
         half = torch.where(n > 0, clip_ / 2, -1.0)
         grad_x = torch.sub(x, half, out=buffer).abs_().le_(half).mul_(grad_y)
         # d y / d clip = (y - x * inside) / clip: (y - x) / clip inside, 1 above, 0 below;
-        # the two sums are whole-tensor dot products (one pass each, no temporary)
-        grad_clip = (_dot(grad_y, y) - _dot(grad_x, x)) / clip_
+        # one clip: the two sums are whole-tensor dot products (one pass each, no temporary)
+        if clip.numel() == 1:
+            grad_clip = (_dot(grad_y, y) - _dot(grad_x, x)) / clip_
+        else:  # a clip per channel (act_range="channel"): the same sums per channel
+            grad_clip = (per_channel(grad_y * y) - per_channel(grad_x * x)) / clip_
         return grad_x.to(ctx.in_dtype), grad_clip.reshape(clip.shape), None, None, None, None
 
 
@@ -323,7 +327,8 @@ class _SignedActQuant(torch.autograd.Function):
     channel still costs b bits. n = 0 prunes the channel (output 0). Gradients, with round
     treated as identity: straight-through for x inside [low, high]; dy/dhigh = (y - x) /
     (high - low) inside and 1 above; dy/dlow = -(y - x) / (high - low) inside and 1 below.
-    Sensitivity tracking as in `_UniformActQuant`. Written as plain ops: it runs on the
+    Sensitivity tracking as in `_UniformActQuant`; `low` and `high` are scalars or shaped
+    like `n` (a range per channel). Written as plain ops: it runs on the
     models that need it, not on the ReLU ResNets whose step time is benchmarked."""
 
     @staticmethod
@@ -354,9 +359,12 @@ class _SignedActQuant(torch.autograd.Function):
         inside = (x >= lo) & (x <= hi) & live
         span = (hi - lo).clamp_min(1e-8)
         grad_x = grad_y * inside
-        inner = (grad_x * (y - x)).sum() / span
-        grad_high = inner + (grad_y * ((x > hi) & live)).sum()
-        grad_low = -inner + (grad_y * ((x < lo) & live)).sum()
+
+        def total(t: Tensor) -> Tensor:  # one range: whole-tensor sums; a range per channel: per channel
+            return t.sum() if lo.numel() == 1 else t.sum(reduce_dims, keepdim=True)
+        inner = total(grad_x * (y - x)) / span
+        grad_high = inner + total(grad_y * ((x > hi) & live))
+        grad_low = -inner + total(grad_y * ((x < lo) & live))
         return (grad_x.to(ctx.in_dtype), grad_low.reshape(low.shape).to(low.dtype),
                 grad_high.reshape(high.shape).to(high.dtype), None, None, None, None)
 
@@ -384,7 +392,10 @@ class UniformAct(_Fp32State):
     quantizer signed when it sees negative inputs (convert's act_signed="auto").
 
     Bits are held per input channel (0 bits prunes the channel), or one for the whole input
-    (channels=1). `channel_dim` counts from the end (-3 for Conv2d, -1 for Linear) so that
+    (channels=1). The range is one per layer, as in the paper, or one per input channel
+    (`range_per_channel`, convert's act_range="channel"): networks whose channels differ in
+    scale by orders of magnitude (squeeze-excitation, depthwise convolutions) cannot reach a
+    small 8-bit error with one range (results/layer-ablation.md). `channel_dim` counts from the end (-3 for Conv2d, -1 for Linear) so that
     an unbatched (C, H, W) input is read correctly. `positions` records how many values one
     image gives each channel at the last forward: the size weight of that channel in the
     average bit-width.
@@ -399,7 +410,7 @@ class UniformAct(_Fp32State):
     """
 
     def __init__(self, channels: int, bits: int | Tensor = 4, channel_dim: int | None = -3,
-                 init_clip: float = 3.0, signed: bool | str = False):
+                 init_clip: float = 3.0, signed: bool | str = False, range_per_channel: bool = False):
         super().__init__()
         self.channels, self.channel_dim = channels, channel_dim
         self.track: str | None = None
@@ -410,6 +421,8 @@ class UniformAct(_Fp32State):
         # set by a BitAllocator; buffers (not saved) so that they follow model.to(device)
         self.register_buffer("step_sensitivity", None, persistent=False)
         self.register_buffer("sensitivity_sum", None, persistent=False)
+        if range_per_channel:
+            self.make_range_per_channel()
         if signed:
             self.make_signed(symmetric=signed == "symmetric")
 
@@ -417,8 +430,32 @@ class UniformAct(_Fp32State):
     def signed(self) -> bool:
         return self.sign_mode != "unsigned"
 
-    def make_signed(self, low: float | None = None, high: float | None = None, symmetric: bool = False) -> None:
-        """Switch to the signed quantizer, optionally setting its range (low ignored if symmetric).
+    @property
+    def range_per_channel(self) -> bool:
+        """Whether each input channel has its own range (act_clip, and act_low, are [channels])."""
+        return self.act_clip.dim() == 1
+
+    def make_range_per_channel(self) -> None:
+        """Give every input channel its own range, each starting at the layer's current one.
+
+        Call before the optimizer is built (the clip parameters are replaced).
+
+        Raises:
+            ValueError: one channel only (layer granularity, or channel_dim None): a range per
+                channel needs the channel dim that the per-channel bits are read along."""
+        if self.range_per_channel:
+            return
+        if self.channels == 1 or self.channel_dim is None:
+            raise ValueError("a range per input channel needs per-channel bits (granularity='channel'); this "
+                             "quantizer holds one bit-width for its whole input")
+        self.act_clip = nn.Parameter(self.act_clip.detach().expand(self.channels).clone())
+        if getattr(self, "act_low", None) is not None:
+            self.act_low = nn.Parameter(self.act_low.detach().expand(self.channels).clone())
+
+    def make_signed(self, low: float | Tensor | None = None, high: float | Tensor | None = None,
+                    symmetric: bool = False) -> None:
+        """Switch to the signed quantizer, optionally setting its range (low ignored if symmetric;
+        a tensor of one value per channel where the range is per channel).
 
         Call before the optimizer is built: the asymmetric form adds a parameter (act_low)."""
         mode = "symmetric" if symmetric else "asymmetric"
@@ -429,15 +466,19 @@ class UniformAct(_Fp32State):
             self.register_buffer("sign", torch.tensor(SIGN_MODES[mode]))
         clip = self.act_clip.detach()
         if high is not None:
-            clip.fill_(float(high))
+            clip.copy_(torch.as_tensor(high, dtype=clip.dtype).expand_as(clip))
         if not symmetric:
             if not hasattr(self, "act_low") or self.act_low is None:
                 self.act_low = nn.Parameter(-clip.clone())
             if low is not None:
-                self.act_low.detach().fill_(float(low))
+                self.act_low.detach().copy_(torch.as_tensor(low, dtype=clip.dtype).expand_as(clip))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # a signed checkpoint loads into a freshly converted (unsigned) model: switch first
+        # a checkpoint with a range per channel, or a signed one, loads into a freshly converted
+        # model (one unsigned range per layer): switch first
+        saved_clip = state_dict.get(prefix + "act_clip")
+        if saved_clip is not None and saved_clip.dim() == 1 and not self.range_per_channel:
+            self.make_range_per_channel()
         sign = state_dict.get(prefix + "sign")
         if sign is not None and not self.signed:
             self.make_signed(symmetric=int(sign) == SIGN_MODES["symmetric"])
@@ -473,14 +514,20 @@ class UniformAct(_Fp32State):
         track_next, square = self.track in ("next", "fisher"), self.track == "fisher"
         if self.signed:
             low, high = self.range()
+            if self.range_per_channel:
+                low, high = low.view(channel_shape), high.view(channel_shape)
             return _SignedActQuant.apply(x, low, high, n_levels, sensitivity, track_next, square)
-        return _UniformActQuant.apply(x, self.act_clip, n_levels, sensitivity, track_next, square)
+        clip = self.act_clip.view(channel_shape) if self.range_per_channel else self.act_clip
+        return _UniformActQuant.apply(x, clip, n_levels, sensitivity, track_next, square)
 
     def extra_repr(self) -> str:
         b = self.bits.float()
-        low, high = (float(t.detach()) for t in self.range())
+        low, high = (t.detach() for t in self.range())
+        span = (f"range=[{float(low):.3f}, {float(high):.3f}]" if not self.range_per_channel else
+                f"ranges per channel, low {float(low.min()):.3f}..{float(low.max()):.3f}, "
+                f"high {float(high.min()):.3f}..{float(high.max()):.3f}")
         return (f"channels={self.channels}, bits(mean/min/max)={b.mean():.2f}/{int(b.min())}/"
-                f"{int(b.max())}, {self.sign_mode}, range=[{low:.3f}, {high:.3f}]")
+                f"{int(b.max())}, {self.sign_mode}, {span}")
 
 
 class FloatAct(_Fp32State):
