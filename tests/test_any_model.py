@@ -143,6 +143,8 @@ def test_model_zoo_trains_a_network_on_cifar_and_measures_it():
     row = cifar_row("tiny_vit", make_synthetic(num_train=256, num_test=64), steps=2)
     assert 0 < row["A8 error"] < row["W4A4 error"] < 1
     assert 0 <= row["float top-1 (%)"] <= 100
+    per_channel = [v for k, v in row.items() if "ranges per channel" in k]  # calibrated on the larger set
+    assert len(per_channel) == 1 and 0 < per_channel[0] < row["W4A4 error"]
 
 
 def test_layer_ablation_measures_every_input_and_the_range_experiment():
