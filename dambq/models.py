@@ -205,7 +205,7 @@ def vgg_small_linear(num_classes: int = 10) -> VGGSmall:
 
 
 # The plain names are the authors' networks (what the paper's numbers were measured on);
-# "_zeropad" / "_linear" are the variants this workbook used before (results/quick-cpu.md).
+# "_zeropad" / "_linear" are the variants this workbook used before (results/quick-cpu-zeropad-amx.md).
 def tv_resnet18(num_classes: int = 1000) -> nn.Module:
     """torchvision's ImageNet ResNet18 (random weights): the paper's ImageNet network. Its first
     conv and last linear stay at 8 bits (the paper's rule, `dambq.convert.paper_8bit_layers`)."""

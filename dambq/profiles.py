@@ -100,10 +100,11 @@ PROFILES: dict[str, Profile] = {
         w4a4=StageConfig(epochs=5, lr=0.01, batch_size=128),
         lba=StageConfig(epochs=10, lr=0.02, batch_size=128),
         lba_window=(0, 4),
-        arch="resnet20_zeropad",
-        note="CPU-scale: all three stages on the CIFAR-10 JPEG copy in under an hour on 2 cores; "
-             "short schedules, not a reproduction of the paper's numbers; the zero-padding ResNet20 its "
-             "results (results/quick-cpu.md) were measured on (--arch resnet20 for the authors' network)"),
+        arch="resnet20",
+        note="CPU-scale: the paper's pipeline on the CIFAR-10 JPEG copy in about an hour on 2 cores with bf16 "
+             "units (results/quick-cpu.md); short schedules, not a reproduction of the paper's numbers; the "
+             "authors' ResNet20 (1x1 conv shortcuts); results/quick-cpu-zeropad-amx.md has earlier runs on "
+             "resnet20_zeropad (--arch resnet20_zeropad)"),
     "imagenet": Profile(
         name="imagenet",
         float=StageConfig(epochs=90, lr=0.1, batch_size=256, weight_decay=1e-4, nesterov=False,

@@ -84,3 +84,28 @@ def test_export_sizes_script_writes_its_table(tmp_path):
     text = out.read_text()
     for row in ("every channel at W4A4", "every channel at W2A2", "every channel at W1A2"):
         assert row in text
+
+
+def test_precision_parity_trains_both_engines_per_seed_and_reads_finished_runs_back(tmp_path, monkeypatch):
+    """benchmarks/precision_parity.py under the smoke profile (compilation off, to keep it short):
+    a row per engine and seed, the two engines' precisions as asked, and a rerun trains nothing."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import precision_parity
+
+    from dambq import train
+    from dambq.pipeline import run_stage
+    monkeypatch.setattr(train, "default_compile", lambda device, quantized=True: False)
+    monkeypatch.setattr(train, "fast_bfloat16", lambda device: True)  # the defaults differ from fp32 eager
+    run_stage("float", "smoke", tmp_path / "float", progress=False)
+    report = tmp_path / "parity.md"
+    argv = ["--profile", "smoke", "--float", str(tmp_path / "float" / "float.pt"), "--out", str(tmp_path / "p"),
+            "--seeds", "0,1", "--report", str(report), "--device", "cpu"]
+    precision_parity.main(argv)
+    text = report.read_text()
+    assert text.count("| defaults |") == 2 and text.count("| fp32 eager |") == 2, text
+    assert "| defaults | 0 | bf16 autocast |" in text and "| fp32 eager | 1 | fp32 |" in text
+    stamp = (tmp_path / "p" / "fp32-eager-s1" / "w4a4.pt").stat().st_mtime
+    precision_parity.main(argv)
+    assert (tmp_path / "p" / "fp32-eager-s1" / "w4a4.pt").stat().st_mtime == stamp  # read back, not retrained
+    with pytest.raises(SystemExit, match="no float checkpoint"):
+        precision_parity.main(["--profile", "smoke", "--float", str(tmp_path / "missing.pt")])
