@@ -28,8 +28,9 @@ Example:
     >>> q = dambq.convert(build_model("resnet20"), weight_bits=2, act_bits=2).eval()
     >>> path = os.path.join(tempfile.mkdtemp(), "r20.dambq")
     >>> sizes = save_packed(q, path)
-    >>> x = torch.randn(2, 3, 32, 32)
-    >>> bool(torch.allclose(load_packed(path)(x), q(x), rtol=1e-4, atol=1e-4))
+    >>> x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    >>> packed, fake = load_packed(path)(x), q(x).detach()
+    >>> float((packed - fake).norm() / fake.norm()) < 1e-2   # equal but for rare rounding-boundary flips
     True
 
 Why ~490 lines: the packed format and the forward that reads it change together; a

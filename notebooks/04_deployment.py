@@ -25,7 +25,7 @@
 # 3. that the packed module computes what the fake-quantized model computes;
 # 4. the bit-plane forward's speed against the float forward on this machine (plain PyTorch: slower).
 #
-# **Committed outputs:** none yet (run it: `python -m dambq.workbook --only 04`, or top to bottom after 03).
+# **Committed outputs:** from the `quick` profile (`python -m dambq.workbook --profile quick`); rerun it alone with `python -m dambq.workbook --only 04`, or top to bottom after 03.
 
 # %% tags=["parameters"]
 profile = "smoke"        # smoke | quick | paper | auto ("paper" on CUDA, else "quick")
