@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(runs[-1], flush=True)
     lines = ["# Allocation frontier: LBA against a second-order signal, random allocation and no allocation", "",
              f"Command: `python benchmarks/allocation_frontier.py --profile {args.profile} --out {args.out} "
-             f"--seeds {args.seeds}`", "",
+             f"--seeds {args.seeds} --targets '{args.targets}' --methods {args.methods}`", "",
              f"Profile `{profile.name}` ({profile.note}); every run: the profile's `lba` schedule "
              f"({profile.lba.epochs} epochs, window {list(profile.lba_window)}) from the same W4A4 model; "
              f"device {device_name(device)}{', ' + cpu_model() if device.type == 'cpu' else ''}.", "",
