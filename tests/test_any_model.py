@@ -160,6 +160,23 @@ def test_layer_ablation_measures_every_input_and_the_range_experiment():
     assert len(ranges) == 7 and all(0 <= v < 1 for k, v in ranges.items() if k != "model")
 
 
+def test_calibration_spread_measures_each_calibration_set_and_widened_ranges():
+    """benchmarks/calibration_spread.py on synthetic data: a row per calibration set, and
+    widening moves every range outwards."""
+    from calibration_spread import spread, widen
+
+    from dambq.data import make_synthetic
+    rows = spread("tiny_vit", make_synthetic(num_train=256, num_test=64), steps=2, seeds=2, sizes=(64, 128))
+    assert [(r["calibration seed"], r["images"]) for r in rows] == [("zoo", 256), (1, 64), (1, 128), (2, 64), (2, 128)]
+    assert all(0 < r["A8 error"] < 1 for r in rows)
+    q = convert(silu_cnn(), None, 8, keep_8bit=None)
+    calibrate_act_clips(q, torch.randn(16, 3, 6, 6))
+    before = [tuple(float(t) for t in m.range()) for m in q.modules() if isinstance(m, UniformAct)]
+    widen(q)
+    after = [tuple(float(t) for t in m.range()) for m in q.modules() if isinstance(m, UniformAct)]
+    assert all(a[1] > b[1] and a[0] <= b[0] for a, b in zip(after, before))
+
+
 # ---------------------------------------------------------------------------- attention
 
 @pytest.mark.parametrize("batch_first", [True, False])

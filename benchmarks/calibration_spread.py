@@ -1,0 +1,115 @@
+"""How much an 8-bit error with ranges per channel depends on which images calibrate it.
+
+    python benchmarks/calibration_spread.py                        # efficientnet_b0, ~8 min on 2 CPU cores
+    python benchmarks/calibration_spread.py --models regnet_y_400mf,efficientnet_b0
+
+Each network is trained exactly as in part 2 of benchmarks/model_zoo.py (same seed, subsets,
+300 steps), converted with float weights, every input at 8 bits and a range per input channel
+(act_range="channel": each channel's min / max over its calibration images, see
+`dambq.calibrate.MINMAX_BITS`), and calibrated on random training images drawn with several
+seeds and in two sizes; the relative output error ||y_q - y|| / ||y|| is measured on the same
+1000 test images. Each calibration is also measured with every range widened by a quarter of its
+span on both sides: if clipping of test values outside the calibrated ranges made the error,
+widening would lower it; if rounding within the ranges did, it raises it.
+Writes results/calibration-spread.md.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from model_zoo import quantized_copy, relative_error, train_cifar  # noqa: E402
+
+from dambq.quantizers import UniformAct  # noqa: E402
+
+WIDEN = 0.25  # of each range's span, on both sides
+
+
+@torch.no_grad()
+def widen(model: torch.nn.Module, fraction: float = WIDEN) -> None:
+    """Every input range [low, high] -> [low - f * span, high + f * span] (unsigned: high only)."""
+    for m in model.modules():
+        if isinstance(m, UniformAct):
+            low, high = (t.detach() for t in m.range())
+            span = high - low
+            m.act_clip.add_(fraction * span)
+            if m.sign_mode == "asymmetric":
+                m.act_low.sub_(fraction * span)
+
+
+def spread(name: str, data, steps: int, seeds: int, sizes: tuple[int, ...]) -> list[dict]:
+    """One row per (calibration seed, size): the A8 error with ranges per channel as calibrated
+    and widened; calibration seed "zoo" is the set benchmarks/model_zoo.py uses."""
+    model, sets = train_cifar(name, data, steps)
+    with torch.no_grad():
+        return _measure(name, model, sets, seeds, sizes)
+
+
+def _measure(name: str, model: torch.nn.Module, sets: dict, seeds: int, sizes: tuple[int, ...]) -> list[dict]:
+    test_x, train_x = sets["test_x"], sets["train_x"]
+    reference = torch.cat([model(b) for b in test_x.split(64)])
+    draws = [("zoo", sets["calibration_large"])]
+    for seed in range(1, seeds + 1):
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+        draws += [(seed, train_x[order[:n]]) for n in sizes]
+    rows = []
+    for seed, images in draws:
+        q = quantized_copy(model, images, weight_bits=None, act_bits=8, keep_8bit=None, act_range="channel")
+        error = relative_error(reference, q, test_x)
+        widen(q)
+        rows.append({"model": name, "calibration seed": seed, "images": len(images), "A8 error": error,
+                     f"ranges widened {WIDEN:.0%} each side": relative_error(reference, q, test_x)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="efficientnet_b0")
+    parser.add_argument("--cifar-steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--sizes", default="4000,12000")
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", default="results/calibration-spread.md")
+    args = parser.parse_args(argv)
+    from dambq.data import load_cifar10
+    from dambq.pipeline import cpu_model
+    started = time.perf_counter()
+    data = load_cifar10(args.data, train_limit=20000, test_limit=1000)  # the subsets model_zoo.py uses
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in args.models.split(","):
+            rows += spread(name, data, args.cifar_steps, args.seeds, sizes)
+    widened = f"ranges widened {WIDEN:.0%} each side"
+    lines = ["# The 8-bit error with ranges per channel, calibrated on different images", "",
+             f"Command: `python benchmarks/calibration_spread.py{''.join(' ' + a for a in (argv or sys.argv[1:]))}`",
+             f"Machine: {cpu_model()}, torch {torch.__version__}, Python "
+             f"{platform.python_version()}; {(time.perf_counter() - started) / 60:.1f} min.", "",
+             __doc__.split("\n\n", 2)[1].replace("\n", " "), "",
+             "| model | calibration seed | images | A8 error | " + widened + " |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['calibration seed']} | {r['images']} | {r['A8 error']:.3f} | {r[widened]:.3f} |"
+              for r in rows]
+    lines.append("")
+    for name in dict.fromkeys(r["model"] for r in rows):
+        errors = [r["A8 error"] for r in rows if r["model"] == name]
+        worse = sum(r[widened] > r["A8 error"] for r in rows if r["model"] == name)
+        lines.append(f"{name}: A8 error {min(errors):.3f} - {max(errors):.3f} (median "
+                     f"{statistics.median(errors):.3f}) over {len(errors)} calibration sets; widening raised it in "
+                     f"{worse} of {len(errors)}.")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
