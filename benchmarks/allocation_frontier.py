@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     targets = [tuple(float(v) for v in pair.split(",")) for pair in args.targets.split(";")]
     methods = args.methods.split(",")
     runs = []
-    for weight_target, act_target in targets:
-        for method in methods:
-            for seed in range(args.seeds):
+    # seed-major: every target and method at seed 0 before any at seed 1, and the report rewritten after
+    # every run, so a frontier stopped part-way leaves one complete seed and a valid (partial) report
+    for seed in range(args.seeds):
+        for weight_target, act_target in targets:
+            for method in methods:
                 allocator = {"signal": method, "seed": seed} if method != "lba" else None
                 summary = run_stage("lba", profile, out, data=data, device=device, seed=seed, progress=False,
                                     weight_target=weight_target, act_target=act_target, allocator_args=allocator)
@@ -60,18 +62,29 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append({"target": target_label(weight_target, act_target), "method": method, "seed": seed,
                              **{k: summary[k] for k in ("top1", "weight_avg", "act_avg", "epochs_done", "file")}})
                 print(runs[-1], flush=True)
+                write_report(args, profile, device, targets, methods, runs)
+    print(Path(args.report).read_text())
+
+
+def write_report(args, profile, device, targets, methods, runs: list[dict]) -> None:
+    """results/allocation-frontier.md from the runs finished so far (it says how many of how many)."""
+    planned = len(targets) * len(methods) * args.seeds
     lines = ["# Allocation frontier: LBA against a second-order signal, random allocation and no allocation", "",
              f"Command: `python benchmarks/allocation_frontier.py --profile {args.profile} --out {args.out} "
              f"--seeds {args.seeds} --targets '{args.targets}' --methods {args.methods}`", "",
              f"Profile `{profile.name}` ({profile.note}); every run: the profile's `lba` schedule "
              f"({profile.lba.epochs} epochs, window {list(profile.lba_window)}) from the same W4A4 model; "
              f"device {device_name(device)}{', ' + cpu_model() if device.type == 'cpu' else ''}.", "",
+             f"Runs finished: {len(runs)} of {planned}" + (" (partial: rerun the command to go on; finished runs "
+                                                           "are read back)" if len(runs) < planned else "") + ".", "",
              "| target | method | top-1 mean (%) | range over seeds | seeds | W avg landed | A avg landed |",
              "|---|---|---|---|---|---|---|"]
     for weight_target, act_target in targets:
         label = target_label(weight_target, act_target)
         for method in methods:
             rs = [r for r in runs if r["target"] == label and r["method"] == method]
+            if not rs:
+                continue
             tops = [r["top1"] for r in rs]
             lines.append(f"| {label} | {method} | {statistics.mean(tops):.2f} | {min(tops):.2f} - {max(tops):.2f} | "
                          f"{len(rs)} | {landed(rs, 'weight_avg')} | {landed(rs, 'act_avg')} |")
@@ -81,7 +94,6 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['act_avg']:.3f} | {r['epochs_done']} | {r['file']} |" for r in runs]
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How much an 8-bit error with ranges per channel depends on which images calibrate it.
 
-    python benchmarks/calibration_spread.py                        # efficientnet_b0, ~8 min on 2 CPU cores
+    python benchmarks/calibration_spread.py                        # efficientnet_b0, ~11 min on 2 CPU cores
     python benchmarks/calibration_spread.py --models regnet_y_400mf,efficientnet_b0
 
 Each network is trained exactly as in part 2 of benchmarks/model_zoo.py (same seed, subsets,
@@ -31,6 +31,7 @@ from model_zoo import quantized_copy, relative_error, train_cifar  # noqa: E402
 from dambq.quantizers import UniformAct  # noqa: E402
 
 WIDEN = 0.25  # of each range's span, on both sides
+DESCRIPTION = " ".join(__doc__.split("\n\n")[2].split())  # the docstring's paragraph that says what is measured
 
 
 @torch.no_grad()
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
              f"Command: `python benchmarks/calibration_spread.py{''.join(' ' + a for a in (argv or sys.argv[1:]))}`",
              f"Machine: {cpu_model()}, torch {torch.__version__}, Python "
              f"{platform.python_version()}; {(time.perf_counter() - started) / 60:.1f} min.", "",
-             __doc__.split("\n\n", 2)[1].replace("\n", " "), "",
+             DESCRIPTION, "",
              "| model | calibration seed | images | A8 error | " + widened + " |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['calibration seed']} | {r['images']} | {r['A8 error']:.3f} | {r[widened]:.3f} |"
               for r in rows]

@@ -70,6 +70,7 @@ def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
                            "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text()
+    assert "Runs finished: 8 of 8." in text
     for method in ("lba", "fisher", "random", "uniform"):
         assert f"| W2.0A2.0 | {method} |" in text
     files = sorted(p.name for p in (tmp_path / "runs").glob("lba*.json"))
