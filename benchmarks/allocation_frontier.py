@@ -18,7 +18,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from dambq.pipeline import cpu_model, device_name, load_data, run_stage
+from dambq.pipeline import device_name, load_data, run_stage
 from dambq.profiles import get_profile, target_label
 from dambq.train import resolve_device
 
@@ -74,7 +74,7 @@ def write_report(args, profile, device, targets, methods, runs: list[dict]) -> N
              f"--seeds {args.seeds} --targets '{args.targets}' --methods {args.methods}`", "",
              f"Profile `{profile.name}` ({profile.note}); every run: the profile's `lba` schedule "
              f"({profile.lba.epochs} epochs, window {list(profile.lba_window)}) from the same W4A4 model; "
-             f"device {device_name(device)}{', ' + cpu_model() if device.type == 'cpu' else ''}.", "",
+             f"device {device_name(device)}.", "",
              f"Runs finished: {len(runs)} of {planned}" + (" (partial: rerun the command to go on; finished runs "
                                                            "are read back)" if len(runs) < planned else "") + ".", "",
              "| target | method | top-1 mean (%) | range over seeds | seeds | W avg landed | A avg landed |",

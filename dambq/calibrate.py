@@ -234,9 +234,9 @@ def calibrate_act_clips(model: nn.Module, images: Tensor, batch_size: int = 250,
     return results
 
 
-def _set_extremes(quantizer: UniformAct, low: float | Tensor, high: float | Tensor):
-    """Set the range that clips nothing on the calibration data ([0, max], or [min, max] where
-    the inputs go negative and the quantizer may be signed; per channel where its ranges are)."""
+def _set_extremes(quantizer: UniformAct, low: Tensor, high: Tensor) -> tuple[list[float], list[float]] | list[float]:
+    """Set each channel's range to the one that clips nothing on the calibration data ([0, max],
+    or [min, max] where the inputs go negative and the quantizer may be signed)."""
     low, high = (torch.as_tensor(v, dtype=torch.float32, device=quantizer.act_clip.device) for v in (low, high))
     negative = bool((low < 0).any())
     if quantizer.sign_mode == "symmetric":
