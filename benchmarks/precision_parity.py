@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dambq.pipeline import device_name, load_data, run_stage
 from dambq.profiles import get_profile
-from dambq.train import engine_settings, resolve_device
+from dambq.train import engine_settings, precision_label, resolve_device
 
 ENGINES = {"defaults": {}, "fp32 eager": {"amp": False, "compile": False}}
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
              f"Command: `{command}`", "",
              f"Device: {device_name(device)}. Profile `{profile.name}` ({profile.w4a4.epochs} W4A4 epochs from one "
              f"float checkpoint, `{source.name}`), network `{rows[0]['arch']}`, data {rows[0]['data']}. The defaults "
-             f"here (`dambq.train.engine_settings`): {'bf16 autocast' if settings['amp'] else 'fp32'}, "
+             f"here (`dambq.train.engine_settings`): {precision_label(settings['amp'])}, "
              f"{'compiled' if settings['compile'] else 'eager'} for quantized models.", "",
              "| engine | seed | training precision | compiled | top-1 (%) | best top-1 (%) | minutes |",
              "|---|---|---|---|---|---|---|",

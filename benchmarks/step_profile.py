@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_speed import make_step  # noqa: E402  (a sibling script: the same step, timed the same way)
 
 from dambq.pipeline import device_name  # noqa: E402
-from dambq.train import engine_settings  # noqa: E402
+from dambq.train import engine_settings, precision_label  # noqa: E402
 
 WARMUP = 3  # steps before profiling; the first compiles
 
@@ -91,7 +91,7 @@ def main() -> None:
     lines_head = ["# Where a training step's time goes (ResNet20, batch %d)" % args.batch, "",
                   f"Command: `python benchmarks/step_profile.py {' '.join(sys.argv[1:])}`", "",
                   f"Device: {device_name(device)}; torch {torch.__version__}; "
-                  f"{'bf16 autocast' if amp else 'fp32'} (fit's default here); channels_last; "
+                  f"{precision_label(amp)} (fit's default here); channels_last; "
                   f"{args.steps} profiled steps after {WARMUP} unprofiled ones.", ""]
     for mode in modes:
         for quantized in (False, True):

@@ -24,7 +24,7 @@ import torch
 import dambq
 from dambq.models import build_model
 from dambq.pipeline import device_name
-from dambq.train import engine_settings, train_step
+from dambq.train import engine_settings, precision_label, train_step
 
 WARMUP = 3  # untimed steps per configuration; the first one includes compilation
 
@@ -56,7 +56,7 @@ def make_step(quantized: bool, amp: bool, compile: bool, batch: int, device: tor
 
 
 def label(quantized: bool, amp: bool, compile: bool) -> str:
-    return (f"{'W4A4 + tracking' if quantized else 'float'}, {'bf16 autocast' if amp else 'fp32'}, "
+    return (f"{'W4A4 + tracking' if quantized else 'float'}, {precision_label(amp)}, "
             f"{'compiled' if compile else 'eager'}")
 
 
@@ -103,7 +103,7 @@ def main() -> None:
              f"Network: {args.arch}. Device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; layout {args.layout}; "
              f"median of {args.steps} steps each, float and quantized alternating; `dambq.train.train_step`, as `fit` runs it.", "",
              f"`fit`'s defaults on this device (`dambq.train.engine_settings`): "
-             "; ".join(f"{kind} {'bf16 autocast' if fit_combo[q][0] else 'fp32'}, "
+             "; ".join(f"{kind} {precision_label(fit_combo[q][0])}, "
                        f"{'compiled' if fit_combo[q][1] else 'eager'}" for kind, q in (("float", False), ("quantized", True)))
              + ".", "",
              "| model, precision, compilation | ms / step | images / s | first step s |", "|---|---|---|---|",

@@ -70,6 +70,12 @@ def default_amp(device: torch.device) -> bool:
     return fast_bfloat16(device)
 
 
+def precision_label(amp: bool) -> str:
+    """How results name a training precision: "bf16 autocast" or "fp32" (fit's per-epoch records,
+    the report tables, and tests that expect the device's default, `precision_label(default_amp(device))`)."""
+    return "bf16 autocast" if amp else "fp32"
+
+
 def default_compile(device: torch.device, quantized: bool = True) -> bool:
     """torch.compile by default only where a measurement showed it pays: quantized models on
     CPUs with fast bf16.
@@ -391,7 +397,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
                 else:
                     dist.broadcast(buffer, 0)
         record = {"stage": stage, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                  "precision": "bf16 autocast" if amp else "fp32", "compiled": settings["compile"],
+                  "precision": precision_label(amp), "compiled": settings["compile"],
                   "world_size": world_size,
                   "train_loss": float(loss_sum) / float(seen), "train_top1": 100.0 * float(correct) / float(seen)}
         if allocator is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dambq.train import fast_bfloat16
+from dambq.train import default_amp, precision_label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ def test_epoch_time_script_writes_its_table(tmp_path):
                     "--source", "synthetic", "--train-limit", "128", "--batch", "32", "--epochs", "2",
                     "--out", str(out)], check=True, cwd=tmp_path, capture_output=True, text=True)
     text = out.read_text()
-    precision = "bf16 autocast" if fast_bfloat16(torch.device("cpu")) else "fp32"  # fit's default on this CPU
+    precision = precision_label(default_amp(torch.device("cpu")))  # fit's default on this CPU
     for row in (f"| float | {precision} | eager |", f"| W4A4 | {precision} | eager |",
                 f"| W4A4 + allocation (ends at W3.00A3.00) | {precision} | eager |"):
         assert row in text, text

@@ -96,7 +96,7 @@ def test_pipeline_smoke_chain(tmp_path):
     report = write_report(tmp_path, tmp_path / "report.md", "cmd")
     assert report.count("| smoke | synthetic |") == 3 and "## Allocation per epoch" in report
     assert "bits lowered in epochs 1-3)" in report  # the smoke window (0, 2), counted from 1 as the rows are
-    precision = "bf16 autocast" if dambq.train.fast_bfloat16(torch.device("cpu")) else "fp32"  # this CPU's default
+    precision = dambq.train.precision_label(dambq.train.default_amp(torch.device("cpu")))  # this CPU's default
     assert report.count(f"| {precision} | mse |") == 2 and "| - |" in report
     assert "layer3.2.conv2" in report
     older = json.loads((tmp_path / "float.json").read_text())
@@ -144,7 +144,7 @@ def test_distillation_from_a_teacher_trains_and_pulls_towards_it(tmp_path):
     assert only_kl(torch.zeros_like(same), x, y) > 0
     student = dambq.convert(teacher)
     history = fit(student, data, cfg, device="cpu", progress=False, loss_fn=Distillation(teacher, 0.5))
-    assert history[0]["precision"] == ("bf16 autocast" if dambq.train.fast_bfloat16(torch.device("cpu")) else "fp32")
+    assert history[0]["precision"] == dambq.train.precision_label(dambq.train.default_amp(torch.device("cpu")))
     assert history[0]["train_loss"] > 0
     assert not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
