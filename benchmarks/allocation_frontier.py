@@ -21,6 +21,7 @@ from pathlib import Path
 from dambq.pipeline import device_name, load_data, run_stage
 from dambq.profiles import get_profile, target_label
 from dambq.train import resolve_device
+from dambq.workbook import frontier_verdict
 
 TARGETS = ((3.0, 3.0), (2.0, 2.0), (1.0, 2.0))
 METHODS = ("lba", "fisher", "random", "uniform")
@@ -88,6 +89,10 @@ def write_report(args, profile, device, targets, methods, runs: list[dict]) -> N
             tops = [r["top1"] for r in rs]
             lines.append(f"| {label} | {method} | {statistics.mean(tops):.2f} | {min(tops):.2f} - {max(tops):.2f} | "
                          f"{len(rs)} | {landed(rs, 'weight_avg')} | {landed(rs, 'act_avg')} |")
+    verdict = frontier_verdict([{k: r[k] for k in ("target", "method", "top1")} for r in runs])
+    lines += ["", "Where LBA separates from each rival, by the seed ranges (its worst seed above the rival's best, "
+              "or its best below the rival's worst; `dambq.workbook.frontier_verdict`, which notebook 03 prints "
+              "too):", ""] + [f"- {line}" for line in verdict]
     lines += ["", "Every run:", "", "| target | method | seed | top-1 (%) | W avg | A avg | epochs | file |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['target']} | {r['method']} | {r['seed']} | {r['top1']:.2f} | {r['weight_avg']:.3f} | "

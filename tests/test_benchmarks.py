@@ -78,6 +78,8 @@ def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
                                                                   ("fisher", "random", "uniform") for s in ("", "-s1")])
     uniform = [line for line in text.splitlines() if line.startswith("| W2.0A2.0 | uniform | 0 |")]
     assert uniform and "| 2.000 | 2.000 |" in uniform[0]  # every channel at the target
+    for method in ("fisher", "random", "uniform"):  # the verdict, rival by rival
+        assert any(line.startswith("- W2.0A2.0: lba ") and f"({method};" in line for line in text.splitlines())
 
 
 @pytest.mark.slow
