@@ -1,6 +1,6 @@
 """How much an 8-bit error with ranges per channel depends on which images calibrate it.
 
-    python benchmarks/calibration_spread.py                        # efficientnet_b0, ~11 min on 2 CPU cores
+    python benchmarks/calibration_spread.py                        # efficientnet_b0, ~28 min on 2 CPU cores
     python benchmarks/calibration_spread.py --models regnet_y_400mf,efficientnet_b0
 
 Each network is trained exactly as in part 2 of benchmarks/model_zoo.py (same seed, subsets,
@@ -10,7 +10,8 @@ Each network is trained exactly as in part 2 of benchmarks/model_zoo.py (same se
 seeds and in two sizes; the relative output error ||y_q - y|| / ||y|| is measured on the same
 1000 test images. Each calibration is also measured with every range widened by a quarter of its
 span on both sides: if clipping of test values outside the calibrated ranges made the error,
-widening would lower it; if rounding within the ranges did, it raises it.
+widening would lower it; if rounding within the ranges did, it raises it. Each calibration set also calibrates a copy with one range per layer (convert's
+default), and each row counts the inputs holding a range per channel in both copies.
 Writes results/calibration-spread.md.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from model_zoo import quantized_copy, relative_error, train_cifar  # noqa: E402
 from dambq.quantizers import UniformAct  # noqa: E402
 
 WIDEN = 0.25  # of each range's span, on both sides
+PER_LAYER = "A8 error, one range per layer"  # the same images, convert's default act_range="layer"
 DESCRIPTION = " ".join(__doc__.split("\n\n")[2].split())  # the docstring's paragraph that says what is measured
 
 
@@ -46,15 +48,16 @@ def widen(model: torch.nn.Module, fraction: float = WIDEN) -> None:
                 m.act_low.sub_(fraction * span)
 
 
-def spread(name: str, data, steps: int, seeds: int, sizes: tuple[int, ...]) -> list[dict]:
+def spread(name: str, data, steps: int, seeds: int, sizes: tuple[int, ...], top: int = 0) -> list[dict]:
     """One row per (calibration seed, size): the A8 error with ranges per channel as calibrated
     and widened; calibration seed "zoo" is the set benchmarks/model_zoo.py uses."""
     model, sets = train_cifar(name, data, steps)
     with torch.no_grad():
-        return _measure(name, model, sets, seeds, sizes)
+        return _measure(name, model, sets, seeds, sizes, top)
 
 
-def _measure(name: str, model: torch.nn.Module, sets: dict, seeds: int, sizes: tuple[int, ...]) -> list[dict]:
+def _measure(name: str, model: torch.nn.Module, sets: dict, seeds: int, sizes: tuple[int, ...],
+             top: int = 0) -> list[dict]:
     test_x, train_x = sets["test_x"], sets["train_x"]
     reference = torch.cat([model(b) for b in test_x.split(64)])
     draws = [("zoo", sets["calibration_large"])]
@@ -63,13 +66,55 @@ def _measure(name: str, model: torch.nn.Module, sets: dict, seeds: int, sizes: t
         draws += [(seed, train_x[order[:n]]) for n in sizes]
     rows = []
     for seed, images in draws:
+        per_layer = quantized_copy(model, images, weight_bits=None, act_bits=8, keep_8bit=None, act_range="layer")
         q = quantized_copy(model, images, weight_bits=None, act_bits=8, keep_8bit=None, act_range="channel")
         error = relative_error(reference, q, test_x)
         widen(q)
         rows.append({"model": name, "calibration seed": seed, "images": len(images), "A8 error": error,
-                     f"ranges widened {WIDEN:.0%} each side": relative_error(reference, q, test_x)})
+                     f"ranges widened {WIDEN:.0%} each side": relative_error(reference, q, test_x),
+                     PER_LAYER: relative_error(reference, per_layer, test_x),
+                     "inputs with ranges per channel": ranges_per_channel(q),
+                     "inputs with ranges per channel, per-layer copy": ranges_per_channel(per_layer)})
+        if top and seed == "zoo":
+            q = quantized_copy(model, images, weight_bits=None, act_bits=8, keep_8bit=None, act_range="channel")
+            rows[-1]["attribution"] = attribute(q, reference, test_x, top)
         print(rows[-1], flush=True)
     return rows
+
+
+@torch.no_grad()
+def attribute(q: torch.nn.Module, reference: torch.Tensor, images: torch.Tensor, top: int) -> dict:
+    """Which inputs make the 8-bit error: each quantized input alone (every other one passed
+    through float), the `top` largest, and the error of the whole copy with those `top` left float.
+
+    Returns:
+        {"alone": [(error, layer name, channels), ...] largest first, "without top": error}."""
+    layers = [(name, m) for name, m in q.named_modules() if isinstance(getattr(m, "act_quant", None), UniformAct)]
+    saved = {name: m.act_quant for name, m in layers}
+    try:
+        for _, m in layers:
+            m.act_quant = torch.nn.Identity()
+        alone = []
+        for name, m in layers:
+            m.act_quant = saved[name]
+            alone.append((relative_error(reference, q, images), name, saved[name].channels))
+            m.act_quant = torch.nn.Identity()
+        alone.sort(reverse=True)
+        worst = {name for _, name, _ in alone[:top]}
+        for name, m in layers:
+            m.act_quant = torch.nn.Identity() if name in worst else saved[name]
+        without = relative_error(reference, q, images)
+    finally:
+        for name, m in layers:
+            m.act_quant = saved[name]
+    return {"alone": alone[:top], "without top": without}
+
+
+def ranges_per_channel(model: torch.nn.Module) -> str:
+    """"k of n": how many of the n input quantizers hold a range per channel (a check that each
+    column measures the ranges it names)."""
+    inputs = [m for m in model.modules() if isinstance(m, UniformAct)]
+    return f"{sum(m.range_per_channel for m in inputs)} of {len(inputs)}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cifar-steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sizes", default="4000,12000")
+    parser.add_argument("--attribute", type=int, default=5,
+                        help="list the N inputs whose 8-bit rounding alone errs most (model_zoo's calibration set)")
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default="results/calibration-spread.md")
     args = parser.parse_args(argv)
@@ -90,23 +137,37 @@ def main(argv: list[str] | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in args.models.split(","):
-            rows += spread(name, data, args.cifar_steps, args.seeds, sizes)
+            rows += spread(name, data, args.cifar_steps, args.seeds, sizes, args.attribute)
     widened = f"ranges widened {WIDEN:.0%} each side"
     lines = ["# The 8-bit error with ranges per channel, calibrated on different images", "",
              f"Command: `python benchmarks/calibration_spread.py{''.join(' ' + a for a in (argv or sys.argv[1:]))}`",
              f"Machine: {cpu_model()}, torch {torch.__version__}, Python "
              f"{platform.python_version()}; {(time.perf_counter() - started) / 60:.1f} min.", "",
              DESCRIPTION, "",
-             "| model | calibration seed | images | A8 error | " + widened + " |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['calibration seed']} | {r['images']} | {r['A8 error']:.3f} | {r[widened]:.3f} |"
-              for r in rows]
+             "| model | calibration seed | images | A8 error | " + widened + " | " + PER_LAYER
+             + " | inputs with ranges per channel (per channel / per layer copy) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['calibration seed']} | {r['images']} | {r['A8 error']:.3f} | {r[widened]:.3f} | "
+              f"{r[PER_LAYER]:.3f} | {r['inputs with ranges per channel']} / "
+              f"{r['inputs with ranges per channel, per-layer copy']} |" for r in rows]
     lines.append("")
     for name in dict.fromkeys(r["model"] for r in rows):
         errors = [r["A8 error"] for r in rows if r["model"] == name]
         worse = sum(r[widened] > r["A8 error"] for r in rows if r["model"] == name)
+        layer = [r[PER_LAYER] for r in rows if r["model"] == name]
+        lower = sum(r["A8 error"] < r[PER_LAYER] for r in rows if r["model"] == name)
         lines.append(f"{name}: A8 error {min(errors):.3f} - {max(errors):.3f} (median "
                      f"{statistics.median(errors):.3f}) over {len(errors)} calibration sets; widening raised it in "
-                     f"{worse} of {len(errors)}.")
+                     f"{worse} of {len(errors)}. One range per layer: {min(layer):.3f} - {max(layer):.3f} (median "
+                     f"{statistics.median(layer):.3f}); ranges per channel were lower in {lower} of {len(errors)}.")
+    for r in rows:
+        if "attribution" in r:
+            a = r["attribution"]
+            lines += ["", f"### {r['model']}: which inputs make the error (calibration seed zoo, ranges per channel)",
+                      "", "Each input alone at 8 bits, every other one left float:", "",
+                      "| input of | channels | A8 error, this input alone |", "|---|---|---|"]
+            lines += [f"| {layer} | {channels} | {error:.3f} |" for error, layer, channels in a["alone"]]
+            lines += ["", f"All inputs at 8 bits: {r['A8 error']:.3f}; with these {len(a['alone'])} left float: "
+                      f"{a['without top']:.3f}."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -116,3 +116,43 @@ def test_precision_parity_trains_both_engines_per_seed_and_reads_finished_runs_b
     assert (tmp_path / "p" / "fp32-eager-s1" / "w4a4.pt").stat().st_mtime == stamp  # read back, not retrained
     with pytest.raises(SystemExit, match="no float checkpoint"):
         precision_parity.main(["--profile", "smoke", "--float", str(tmp_path / "missing.pt")])
+
+
+def test_calibration_spread_measures_each_range_kind_it_names():
+    """Each draw is measured with ranges per channel and with one range per layer, and the row
+    says how many inputs hold a range per channel in each copy (so a per-layer column that had
+    picked up per-channel ranges would show it)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from calibration_spread import PER_LAYER, _measure
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    images = torch.randn(96, 3, 12, 12)
+    sets = {"test_x": images[:32], "train_x": images[32:], "calibration_large": images[32:64]}
+    with torch.no_grad():
+        rows = _measure("tiny", model, sets, seeds=1, sizes=(16,))
+    assert [r["calibration seed"] for r in rows] == ["zoo", 1]
+    for r in rows:
+        assert r["inputs with ranges per channel"] == "3 of 3"
+        assert r["inputs with ranges per channel, per-layer copy"] == "0 of 3"
+        assert r[PER_LAYER] != r["A8 error"] and r[PER_LAYER] > 0
+
+
+def test_calibration_spread_attribution_names_the_inputs_that_err_and_restores_the_model():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from calibration_spread import attribute
+    from model_zoo import quantized_copy, relative_error
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    images = torch.randn(64, 3, 12, 12)
+    with torch.no_grad():
+        reference = model(images)
+        q = quantized_copy(model, images[:32], weight_bits=None, act_bits=8, keep_8bit=None)
+        before = relative_error(reference, q, images)
+        result = attribute(q, reference, images, top=2)
+        assert relative_error(reference, q, images) == before  # every quantizer put back
+    errors = [e for e, _, _ in result["alone"]]
+    assert len(errors) == 2 and errors == sorted(errors, reverse=True) and errors[0] > 0
+    assert {name for _, name, _ in result["alone"]} <= {"0", "2", "5"}
+    assert result["without top"] < before
