@@ -10,8 +10,9 @@ Each network is trained exactly as in part 2 of benchmarks/model_zoo.py (same se
 seeds and in two sizes; the relative output error ||y_q - y|| / ||y|| is measured on the same
 1000 test images. Each calibration is also measured with every range widened by a quarter of its
 span on both sides: if clipping of test values outside the calibrated ranges made the error,
-widening would lower it; if rounding within the ranges did, it raises it. Each calibration set also calibrates a copy with one range per layer (convert's
-default), and each row counts the inputs holding a range per channel in both copies.
+widening would lower it; if rounding within the ranges did, it raises it. Each calibration set
+also calibrates a copy with one range per layer (convert's default), and each row counts the
+inputs holding a range per channel in both copies.
 Writes results/calibration-spread.md.
 """
 from __future__ import annotations
@@ -69,15 +70,15 @@ def _measure(name: str, model: torch.nn.Module, sets: dict, seeds: int, sizes: t
         per_layer = quantized_copy(model, images, weight_bits=None, act_bits=8, keep_8bit=None, act_range="layer")
         q = quantized_copy(model, images, weight_bits=None, act_bits=8, keep_8bit=None, act_range="channel")
         error = relative_error(reference, q, test_x)
+        attribution = attribute(q, reference, test_x, top) if top and seed == "zoo" else None  # before widening
         widen(q)
         rows.append({"model": name, "calibration seed": seed, "images": len(images), "A8 error": error,
                      f"ranges widened {WIDEN:.0%} each side": relative_error(reference, q, test_x),
                      PER_LAYER: relative_error(reference, per_layer, test_x),
                      "inputs with ranges per channel": ranges_per_channel(q),
                      "inputs with ranges per channel, per-layer copy": ranges_per_channel(per_layer)})
-        if top and seed == "zoo":
-            q = quantized_copy(model, images, weight_bits=None, act_bits=8, keep_8bit=None, act_range="channel")
-            rows[-1]["attribution"] = attribute(q, reference, test_x, top)
+        if attribution is not None:
+            rows[-1]["attribution"] = attribution
         print(rows[-1], flush=True)
     return rows
 

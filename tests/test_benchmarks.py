@@ -118,20 +118,26 @@ def test_precision_parity_trains_both_engines_per_seed_and_reads_finished_runs_b
         precision_parity.main(["--profile", "smoke", "--float", str(tmp_path / "missing.pt")])
 
 
+def _tiny_silu_net() -> torch.nn.Module:
+    """Three quantizable inputs (conv, conv, linear), negative values after SiLU."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+
+
 def test_calibration_spread_measures_each_range_kind_it_names():
     """Each draw is measured with ranges per channel and with one range per layer, and the row
     says how many inputs hold a range per channel in each copy (so a per-layer column that had
     picked up per-channel ranges would show it)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from calibration_spread import PER_LAYER, _measure
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    model = _tiny_silu_net()
     images = torch.randn(96, 3, 12, 12)
     sets = {"test_x": images[:32], "train_x": images[32:], "calibration_large": images[32:64]}
     with torch.no_grad():
-        rows = _measure("tiny", model, sets, seeds=1, sizes=(16,))
+        rows = _measure("tiny", model, sets, seeds=1, sizes=(16,), top=2)
     assert [r["calibration seed"] for r in rows] == ["zoo", 1]
+    assert len(rows[0]["attribution"]["alone"]) == 2 and "attribution" not in rows[1]  # the zoo set only
     for r in rows:
         assert r["inputs with ranges per channel"] == "3 of 3"
         assert r["inputs with ranges per channel, per-layer copy"] == "0 of 3"
@@ -142,9 +148,7 @@ def test_calibration_spread_attribution_names_the_inputs_that_err_and_restores_t
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from calibration_spread import attribute
     from model_zoo import quantized_copy, relative_error
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    model = _tiny_silu_net()
     images = torch.randn(64, 3, 12, 12)
     with torch.no_grad():
         reference = model(images)
