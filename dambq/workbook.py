@@ -70,26 +70,47 @@ PUBLISHED_ROWS: list[dict[str, Any]] = [
 ]
 
 
-def published_rows(runs_dir: str | Path):
-    """The published rows beside this runs folder's own result for each, where it holds one for
-    the same network (a summary's profile is named with its number: a short profile is not a
-    reproduction). Returns a DataFrame."""
+def published_rows(runs_dir: str | Path, siblings: bool = True):
+    """The published rows beside our own result for each: the first finished stage for the same
+    network and targets in `runs_dir` or, with `siblings`, in the folders beside it named
+    `<its name>-*` (a summary's profile is named with its number: a short profile is not a
+    reproduction).
+
+    Why siblings: one network's chain lives in one folder (runs/quick holds ResNet20's; the README's
+    `--arch vgg_small --out runs/quick-vgg` puts VGG-small's beside it), and notebook 03's table should
+    show a number wherever this machine has one.
+
+    Args:
+        runs_dir: the notebook's runs folder, searched first.
+        siblings: also search `<runs_dir>-*`, in name order.
+
+    Returns:
+        A DataFrame indexed by (network, setting); "ours" names the folder each number came from.
+
+    Example:
+        >>> published_rows("runs/none-here").loc[("VGG-small", "W4A4"), "ours"]
+        '-'
+    """
     import json
 
     import pandas as pd
     from .pipeline import stage_file
+    first = Path(runs_dir)
+    folders = [first] + (sorted(p for p in first.parent.glob(f"{first.name}-*") if p.is_dir()) if siblings else [])
     rows = []
     for row in PUBLISHED_ROWS:
         ours = "-"
-        if row["stage"] is not None:
-            path = Path(runs_dir) / f"{stage_file(row['stage'], *row['targets'])}.json"
+        for folder in folders if row["stage"] is not None else []:
+            path = folder / f"{stage_file(row['stage'], *row['targets'])}.json"
             summary = json.loads(path.read_text()) if path.exists() else None
-            if summary is not None and summary.get("arch") == row["arch"]:
-                ours = f"{summary['top1']:.2f} ({summary['profile']} profile, {summary['epochs_done']} epochs)"
+            if summary is not None and summary.get("arch") == row["arch"] and summary.get("finished", True):
+                ours = (f"{summary['top1']:.2f} ({summary['profile']} profile, {summary['epochs_done']} epochs; "
+                        f"{folder.name})")
+                break
         rows.append({"network": row["network"], "setting": row["setting"], "paper": row["paper"],
                      "V2 code": row["V2 code"] if row["V2 code"] is not None else "-",
                      "command": f"python -m dambq.pipeline --profile paper {row['args']}"
-                     if row["stage"] else row["args"], "this runs folder": ours})
+                     if row["stage"] else row["args"], "ours": ours})
     return pd.DataFrame(rows).set_index(["network", "setting"])
 
 

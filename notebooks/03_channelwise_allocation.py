@@ -162,9 +162,10 @@ else:
 # %% [markdown]
 # ## Every published row
 #
-# The paper's and the authors' V2 code's numbers, the command that runs each at the paper's scale, and this runs
-# folder's own number where it holds one for the same network (named with its profile: a short profile is not a
-# reproduction).
+# The paper's and the authors' V2 code's numbers, the command that runs each at the paper's scale, and our own
+# number where this runs folder, or a folder beside it named `<its name>-*`, holds one for the same network
+# (`--arch vgg_small --out runs/quick-vgg` puts VGG-small's beside runs/quick). Each is named with its profile and
+# folder: a short profile is not a reproduction.
 
 # %%
 wb.published_rows(runs_dir)

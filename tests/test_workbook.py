@@ -136,3 +136,26 @@ def test_frontier_rows_and_verdict(tmp_path):
     verdict = wb.frontier_verdict(rows)
     assert any("random" in v and "beats it by more than the seed range" in v for v in verdict)
     assert any("uniform" in v and "within the seed range" in v for v in verdict)
+
+
+def test_published_rows_read_each_network_from_its_own_folder(tmp_path):
+    # runs/quick holds ResNet20's chain and runs/quick-vgg VGG-small's (the README's --out): notebook 03's
+    # table used to read runs/quick alone, so the VGG-small row showed "-" though this machine had its number
+    import json
+
+    def write(folder, stage, arch, top1, finished=True):
+        folder.mkdir(exist_ok=True)
+        (folder / f"{stage_file(stage, 2.0, 2.0)}.json").write_text(json.dumps(
+            {"stage": stage, "arch": arch, "top1": top1, "profile": "quick", "epochs_done": 5, "finished": finished}))
+
+    write(tmp_path / "quick", "w4a4", "resnet20", 86.44)     # first, yet not the VGG-small row's: another network
+    write(tmp_path / "quick", "lba", "resnet20", 81.0, finished=False)  # a stopped stage is no result
+    write(tmp_path / "quick-vgg", "w4a4", "vgg_small", 90.12)
+    write(tmp_path / "quick-vgg", "lba", "resnet20", 84.0)
+    ours = wb.published_rows(tmp_path / "quick")["ours"]
+    assert ours[("ResNet20", "W4A4")] == "86.44 (quick profile, 5 epochs; quick)"
+    assert ours[("VGG-small", "W4A4")] == "90.12 (quick profile, 5 epochs; quick-vgg)"
+    assert ours[("ResNet20", "W2.0A2.0")] == "84.00 (quick profile, 5 epochs; quick-vgg)"
+    assert ours[("ResNet20", "W1.0A2.0")] == "-"
+    alone = wb.published_rows(tmp_path / "quick", siblings=False)["ours"]
+    assert alone[("VGG-small", "W4A4")] == "-" and alone[("ResNet20", "W2.0A2.0")] == "-"
