@@ -27,6 +27,13 @@ def _best(summary: dict) -> str:
     return f"{summary['best_top1']:.2f} ({summary['best_epoch']})"
 
 
+def _epochs(summary: dict) -> str:
+    """A stopped stage says so (read_report reads it back as no result)."""
+    if summary.get("finished", True):
+        return str(summary["epochs"])
+    return f"{summary.get('epochs_done', '?')} of {summary['epochs']} (stopped)"
+
+
 def write_report(out: str | Path, path: str | Path, command: str) -> str:
     """Markdown of every finished stage in `out` (one row each, profile, data and device
     named per row), the allocation per epoch and the per-layer bits of LBA runs.
@@ -54,7 +61,7 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
         clips = s.get("act_clip_init") or "-"
         lines.append(f"| {s['file']} | {s['description']} | {s['arch']} | {s['profile']} | {s['data']} | "
                      f"{s['device']} | "
-                     f"{s['precision']} | {clips} | {s['epochs']} | "
+                     f"{s['precision']} | {clips} | {_epochs(s)} | "
                      f"{s['top1']:.2f} | {_best(s)} | {bits} | {s['minutes']:.1f} |")
     chain = [s for s in summaries if s["stage"] in ("float", "w4a4")
              or (s["stage"] == "lba" and s.get("targets") == [2.0, 2.0])]
@@ -81,3 +88,50 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)
     return text
+
+
+TABLE_HEAD = "| stage (file) |"
+
+
+def read_report(path: str | Path) -> tuple[str, list[dict]]:
+    """The runs folder a report was written from and one dict per stage row of its table.
+
+    Why: runs folders stay out of git, so a fresh clone holds a stage's number only in the committed
+    report written from it; notebook 03's table of published rows reads these where this machine has
+    no run of its own (`dambq.workbook.published_rows`).
+
+    Args:
+        path: a report written by `write_report` (`python -m dambq.pipeline --report PATH`).
+
+    Returns:
+        (runs folder, rows), each row with file, arch, profile, epochs, top1 and finished.
+
+    Raises:
+        ValueError: the file is not such a report.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> summary = dict(stage="w4a4", description="W4A4", arch="resnet20", profile="quick", data="synthetic",
+        ...                device="CPU", precision="fp32", epochs=5, top1=86.25, minutes=1.0, file="w4a4",
+        ...                weight_avg=4.0, act_avg=4.0, finished=True)
+        >>> _ = (folder / "w4a4.json").write_text(json.dumps(summary))
+        >>> _ = write_report(folder, folder / "report.md", "python -m dambq.pipeline --report report.md")
+        >>> read_report(folder / "report.md")[1]
+        [{'file': 'w4a4', 'arch': 'resnet20', 'profile': 'quick', 'epochs': 5, 'top1': 86.25, 'finished': True}]
+    """
+    lines = Path(path).read_text().splitlines()
+    if not lines or not lines[0].startswith("# Results: ") or not any(x.startswith(TABLE_HEAD) for x in lines):
+        raise ValueError(f"{path} is not a report written by `python -m dambq.pipeline --report`")
+    start = next(i for i, x in enumerate(lines) if x.startswith(TABLE_HEAD))
+    head = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cell = dict(zip(head, (c.strip() for c in line.strip().strip("|").split("|"))))
+        epochs = cell["epochs"]
+        rows.append({"file": cell["stage (file)"], "arch": cell["network"], "profile": cell["profile"],
+                     "epochs": int(epochs.split()[0]), "top1": float(cell["top-1 (%), final"]),
+                     "finished": "stopped" not in epochs})
+    return lines[0].removeprefix("# Results: "), rows

@@ -70,22 +70,24 @@ PUBLISHED_ROWS: list[dict[str, Any]] = [
 ]
 
 
-def published_rows(runs_dir: str | Path, siblings: bool = True):
+def published_rows(runs_dir: str | Path, siblings: bool = True, reports: tuple[str | Path, ...] = ()):
     """The published rows beside our own result for each: the first finished stage for the same
-    network and targets in `runs_dir` or, with `siblings`, in the folders beside it named
-    `<its name>-*` (a summary's profile is named with its number: a short profile is not a
-    reproduction).
+    network and targets in `runs_dir`, with `siblings` in the folders beside it named `<its name>-*`,
+    then in the committed `reports` (a summary's profile is named with its number: a short profile
+    is not a reproduction).
 
     Why siblings: one network's chain lives in one folder (runs/quick holds ResNet20's; the README's
     `--arch vgg_small --out runs/quick-vgg` puts VGG-small's beside it), and notebook 03's table should
-    show a number wherever this machine has one.
+    show a number wherever this machine has one. Why reports: runs folders stay out of git, so on a
+    fresh clone a run made elsewhere survives only in the report written from it (`dambq.report`).
 
     Args:
         runs_dir: the notebook's runs folder, searched first.
         siblings: also search `<runs_dir>-*`, in name order.
+        reports: results/*.md files written by `python -m dambq.pipeline --report`, read last, in order.
 
     Returns:
-        A DataFrame indexed by (network, setting); "ours" names the folder each number came from.
+        A DataFrame indexed by (network, setting); "ours" names the folder or report each number came from.
 
     Example:
         >>> published_rows("runs/none-here").loc[("VGG-small", "W4A4"), "ours"]
@@ -95,17 +97,24 @@ def published_rows(runs_dir: str | Path, siblings: bool = True):
 
     import pandas as pd
     from .pipeline import stage_file
+    from .report import read_report
     first = Path(runs_dir)
     folders = [first] + (sorted(p for p in first.parent.glob(f"{first.name}-*") if p.is_dir()) if siblings else [])
+    found: list[tuple[str, dict]] = []  # (where, summary) in search order
+    for folder in folders:
+        for path in sorted(folder.glob("*.json")):
+            summary = json.loads(path.read_text())
+            if isinstance(summary, dict) and "arch" in summary:
+                found.append((folder.name, {**summary, "file": path.stem}))
+    for report in reports:
+        found += [(str(report), {**row, "epochs_done": row["epochs"]}) for row in read_report(report)[1]]
     rows = []
     for row in PUBLISHED_ROWS:
         ours = "-"
-        for folder in folders if row["stage"] is not None else []:
-            path = folder / f"{stage_file(row['stage'], *row['targets'])}.json"
-            summary = json.loads(path.read_text()) if path.exists() else None
-            if summary is not None and summary.get("arch") == row["arch"] and summary.get("finished", True):
-                ours = (f"{summary['top1']:.2f} ({summary['profile']} profile, {summary['epochs_done']} epochs; "
-                        f"{folder.name})")
+        name = stage_file(row["stage"], *row["targets"]) if row["stage"] is not None else None
+        for where, s in found:
+            if s["file"] == name and s["arch"] == row["arch"] and s.get("finished", True):
+                ours = f"{s['top1']:.2f} ({s['profile']} profile, {s['epochs_done']} epochs; {where})"
                 break
         rows.append({"network": row["network"], "setting": row["setting"], "paper": row["paper"],
                      "V2 code": row["V2 code"] if row["V2 code"] is not None else "-",

@@ -43,6 +43,7 @@ runs_dir = None          # checkpoints and metrics, shared by notebooks 01-03; N
 figures_dir = "figures"  # figures (the smoke profile writes to runs/smoke/figures instead)
 weight_target = 2.0      # LBA target: size-weighted average weight bits
 act_target = 2.0         # LBA target: size-weighted average activation bits
+reports = ["results/quick-cpu.md", "results/quick-cpu-vgg.md"]  # committed reports the published rows read last
 
 # %%
 # %matplotlib inline
@@ -164,11 +165,13 @@ else:
 #
 # The paper's and the authors' V2 code's numbers, the command that runs each at the paper's scale, and our own
 # number where this runs folder, or a folder beside it named `<its name>-*`, holds one for the same network
-# (`--arch vgg_small --out runs/quick-vgg` puts VGG-small's beside runs/quick). Each is named with its profile and
-# folder: a short profile is not a reproduction.
+# (`--arch vgg_small --out runs/quick-vgg` puts VGG-small's beside runs/quick), else where one of the committed
+# `reports` (written by `python -m dambq.pipeline --report`) holds one: runs folders stay out of git, so on a fresh
+# clone a run made on another machine survives only in its report. Each number is named with its profile and
+# folder or report: a short profile is not a reproduction.
 
 # %%
-wb.published_rows(runs_dir)
+wb.published_rows(runs_dir, reports=reports)
 
 # %% [markdown]
 # ## Bit report of the allocated model

@@ -159,3 +159,30 @@ def test_published_rows_read_each_network_from_its_own_folder(tmp_path):
     assert ours[("ResNet20", "W1.0A2.0")] == "-"
     alone = wb.published_rows(tmp_path / "quick", siblings=False)["ours"]
     assert alone[("VGG-small", "W4A4")] == "-" and alone[("ResNet20", "W2.0A2.0")] == "-"
+
+
+def test_published_rows_read_committed_reports_where_no_run_is_here(tmp_path):
+    # runs folders stay out of git: on a fresh clone runs/quick-vgg was gone and the VGG-small row showed "-"
+    # though results/quick-cpu-vgg.md, written from that run, was committed
+    import json
+
+    from dambq.report import write_report
+    vgg = tmp_path / "elsewhere"  # not a sibling of quick: gone from this machine
+    vgg.mkdir()
+    common = dict(description="-", arch="vgg_small", profile="quick", data="CIFAR-10", device="CPU",
+                  precision="bf16 autocast", minutes=1.0, weight_avg=4.0, act_avg=4.0)
+    (vgg / "w4a4.json").write_text(json.dumps({**common, "stage": "w4a4", "file": "w4a4", "epochs": 5,
+                                               "epochs_done": 5, "top1": 90.22, "finished": True}))
+    (vgg / "lba-W1.0A2.0.json").write_text(json.dumps({**common, "stage": "lba", "file": "lba-W1.0A2.0",
+                                                       "epochs": 5, "epochs_done": 2, "top1": 70.0,
+                                                       "finished": False}))
+    report = tmp_path / "quick-cpu-vgg.md"
+    write_report(vgg, report, "python -m dambq.pipeline --report quick-cpu-vgg.md")
+    assert "2 of 5 (stopped)" in report.read_text()
+    ours = wb.published_rows(tmp_path / "quick", reports=(report,))["ours"]
+    assert ours[("VGG-small", "W4A4")] == f"90.22 (quick profile, 5 epochs; {report})"
+    assert ours[("VGG-small", "W1.0A2.0")] == "-"  # a stopped stage is no result, in a report too
+    assert ours[("ResNet20", "W4A4")] == "-"
+    (tmp_path / "not-a-report.md").write_text("# Notes\n")
+    with pytest.raises(ValueError, match="not a report"):
+        wb.published_rows(tmp_path / "quick", reports=(tmp_path / "not-a-report.md",))
