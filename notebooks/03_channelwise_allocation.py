@@ -43,7 +43,7 @@ runs_dir = None          # checkpoints and metrics, shared by notebooks 01-03; N
 figures_dir = "figures"  # figures (the smoke profile writes to runs/smoke/figures instead)
 weight_target = 2.0      # LBA target: size-weighted average weight bits
 act_target = 2.0         # LBA target: size-weighted average activation bits
-reports = ["results/quick-cpu.md", "results/quick-cpu-vgg.md"]  # committed reports the published rows read last
+reports = ["results/quick-cpu.md", "results/quick-cpu-resnet20.md", "results/quick-cpu-vgg.md"]  # read last, in order
 
 # %%
 # %matplotlib inline

@@ -186,3 +186,17 @@ def test_published_rows_read_committed_reports_where_no_run_is_here(tmp_path):
     (tmp_path / "not-a-report.md").write_text("# Notes\n")
     with pytest.raises(ValueError, match="not a report"):
         wb.published_rows(tmp_path / "quick", reports=(tmp_path / "not-a-report.md",))
+
+
+def test_the_reports_notebook_03_reads_exist_and_read_back():
+    # notebook 03 reads these where no runs folder here has the stage: a report format change must not break them
+    import ast
+
+    from dambq.report import read_report
+    source = (wb.REPO_ROOT / "notebooks" / "03_channelwise_allocation.py").read_text()
+    line = next(x for x in source.splitlines() if x.startswith("reports = "))
+    reports = ast.literal_eval(line.split("=", 1)[1].split("#")[0].strip())
+    assert reports
+    for report in reports:
+        folder, rows = read_report(wb.REPO_ROOT / report)
+        assert folder.startswith("runs/") and rows and all(0 < r["top1"] <= 100 for r in rows)
