@@ -9,8 +9,14 @@ first-order signal), "fisher" (second order: squared gradient times the next dec
 change squared), "random" (seeded control) and "uniform" (every channel at the target's
 bits, no allocation); `dambq.lba.SIGNALS`. Each run is its own stage file
 (``lba-<method>-W<w>A<a>-s<seed>``) and resumes if killed; rerunning reads finished runs back.
-Writes results/allocation-frontier.md: top-1 as mean and range over seeds, and the bits each
+Writes results/allocation-frontier.md: top-1 as mean and range over runs, and the bits each
 run landed on.
+
+Across machines: runs folders stay out of git, so a later session on a fresh clone trains a new
+W4A4 parent. The runs the report already lists from other parents are kept in it (each run is
+named by its parent, `dambq.report.parent_label`), and the new parent's runs are added beside them:
+within one parent every method meets the same model, and the range over runs then also holds the
+parent's own noise. `--fresh` starts the report over.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from pathlib import Path
 
 from dambq.pipeline import device_name, load_data, run_stage
 from dambq.profiles import get_profile, target_label
+from dambq.report import frontier_run_lines, parent_label, read_frontier_runs
 from dambq.train import resolve_device
 from dambq.workbook import frontier_verdict
 
@@ -42,12 +49,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", default=";".join(f"{w},{a}" for w, a in TARGETS),
                         help="semicolon list of W,A pairs")
     parser.add_argument("--report", default="results/allocation-frontier.md")
+    parser.add_argument("--fresh", action="store_true", help="drop the runs the report lists from other parents")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     out, device = Path(args.out), resolve_device(args.device)
     data = load_data(profile, args.data)
     for stage in ("float", "w4a4"):
-        run_stage(stage, profile, out, data=data, device=device, progress=False)
+        parent = run_stage(stage, profile, out, data=data, device=device, progress=False)
+    parent = parent_label(parent)
+    report = Path(args.report)
+    earlier = [] if args.fresh or not report.exists() else [
+        r for r in read_frontier_runs(report) if r["parent"] != parent]
+    if any(r["profile"] != profile.name for r in earlier):
+        raise SystemExit(f"{report} holds runs of profile {earlier[0]['profile']}, not {profile.name}: pass another "
+                         "--report, or --fresh to start it over")
+    if earlier:
+        print(f"kept from {report}: {len(earlier)} runs from other W4A4 parents", flush=True)
     targets = [tuple(float(v) for v in pair.split(",")) for pair in args.targets.split(";")]
     methods = args.methods.split(",")
     runs = []
@@ -61,42 +78,46 @@ def main(argv: list[str] | None = None) -> None:
                                     weight_target=weight_target, act_target=act_target, allocator_args=allocator)
                 summary.pop("model")
                 runs.append({"target": target_label(weight_target, act_target), "method": method, "seed": seed,
+                             "parent": parent,
                              **{k: summary[k] for k in ("top1", "weight_avg", "act_avg", "epochs_done", "file")}})
                 print(runs[-1], flush=True)
-                write_report(args, profile, device, targets, methods, runs)
+                write_report(args, profile, device, targets, methods, runs, earlier)
     print(Path(args.report).read_text())
 
 
-def write_report(args, profile, device, targets, methods, runs: list[dict]) -> None:
-    """results/allocation-frontier.md from the runs finished so far (it says how many of how many)."""
+def write_report(args, profile, device, targets, methods, runs: list[dict], earlier: list[dict]) -> None:
+    """results/allocation-frontier.md from the runs finished so far on this parent (it says how many
+    of how many) and the earlier ones from other parents."""
     planned = len(targets) * len(methods) * args.seeds
+    every = earlier + runs
+    parents = list(dict.fromkeys(r["parent"] for r in every))
     lines = ["# Allocation frontier: LBA against a second-order signal, random allocation and no allocation", "",
              f"Command: `python benchmarks/allocation_frontier.py --profile {args.profile} --out {args.out} "
              f"--seeds {args.seeds} --targets '{args.targets}' --methods {args.methods}`", "",
              f"Profile `{profile.name}` ({profile.note}); every run: the profile's `lba` schedule "
-             f"({profile.lba.epochs} epochs, window {list(profile.lba_window)}) from the same W4A4 model; "
-             f"device {device_name(device)}.", "",
-             f"Runs finished: {len(runs)} of {planned}" + (" (partial: rerun the command to go on; finished runs "
-                                                           "are read back)" if len(runs) < planned else "") + ".", "",
-             "| target | method | top-1 mean (%) | range over seeds | seeds | W avg landed | A avg landed |",
-             "|---|---|---|---|---|---|---|"]
-    for weight_target, act_target in targets:
-        label = target_label(weight_target, act_target)
-        for method in methods:
-            rs = [r for r in runs if r["target"] == label and r["method"] == method]
+             f"({profile.lba.epochs} epochs, window {list(profile.lba_window)}) from a trained W4A4 model, "
+             f"its parent (all methods of a target and seed share one); device {device_name(device)}.", "",
+             f"Runs finished on this parent ({runs[0]['parent'] if runs else '-'}): {len(runs)} of {planned}"
+             + (" (partial: rerun the command to go on; finished runs are read back)" if len(runs) < planned else "")
+             + "." + (f" Kept from earlier sessions' parents (their runs folders are not here): {len(earlier)} runs."
+                      if earlier else ""), "",
+             "| target | method | top-1 mean (%) | range over runs | runs | parents | W avg landed | A avg landed |",
+             "|---|---|---|---|---|---|---|---|"]
+    labels = list(dict.fromkeys([target_label(w, a) for w, a in targets] + [r["target"] for r in every]))
+    for label in labels:
+        for method in dict.fromkeys(list(methods) + [r["method"] for r in every]):
+            rs = [r for r in every if r["target"] == label and r["method"] == method]
             if not rs:
                 continue
             tops = [r["top1"] for r in rs]
             lines.append(f"| {label} | {method} | {statistics.mean(tops):.2f} | {min(tops):.2f} - {max(tops):.2f} | "
-                         f"{len(rs)} | {landed(rs, 'weight_avg')} | {landed(rs, 'act_avg')} |")
-    verdict = frontier_verdict([{k: r[k] for k in ("target", "method", "top1")} for r in runs])
-    lines += ["", "Where LBA separates from each rival, by the seed ranges (its worst seed above the rival's best, "
-              "or its best below the rival's worst; `dambq.workbook.frontier_verdict`, which notebook 03 prints "
-              "too):", ""] + [f"- {line}" for line in verdict]
-    lines += ["", "Every run:", "", "| target | method | seed | top-1 (%) | W avg | A avg | epochs | file |",
-              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['target']} | {r['method']} | {r['seed']} | {r['top1']:.2f} | {r['weight_avg']:.3f} | "
-              f"{r['act_avg']:.3f} | {r['epochs_done']} | {r['file']} |" for r in runs]
+                         f"{len(rs)} | {len({r['parent'] for r in rs})} | {landed(rs, 'weight_avg')} | "
+                         f"{landed(rs, 'act_avg')} |")
+    verdict = frontier_verdict([{k: r[k] for k in ("target", "method", "top1")} for r in every])
+    lines += ["", "Where LBA separates from each rival, by the ranges over runs (its worst run above the rival's "
+              "best, or its best below the rival's worst; `dambq.workbook.frontier_verdict`, which notebook 03 "
+              "prints too):", ""] + [f"- {line}" for line in verdict]
+    lines += ["", f"Every run ({len(parents)} parent{'s' if len(parents) != 1 else ''}):", ""] + frontier_run_lines(every)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text("\n".join(lines) + "\n")
 

@@ -676,7 +676,7 @@ def allocation_frontier(rows: Sequence[Mapping[str, Any]], reference: Sequence[M
         style = dict(marker="o", ms=5, capsize=3, color=color(method, i))
         ax.errorbar(x.to_numpy()[order] + 0.03 * (i - (len(methods) - 1) / 2), y.to_numpy()[order],
                     yerr=[low.to_numpy()[order], high.to_numpy()[order]],
-                    label=f"{method} ({group['seed'].nunique().max()} seeds)", **style)
+                    label=f"{method} ({group.size().max()} runs per target)", **style)
         at = [targets.index(t) + width * (i - (len(methods) - 1) / 2) for t in y.index]
         zoom.errorbar(at, y.to_numpy(), yerr=[low.to_numpy(), high.to_numpy()], ls="none", **style)
     for p in reference or []:
@@ -684,12 +684,12 @@ def allocation_frontier(rows: Sequence[Mapping[str, Any]], reference: Sequence[M
         ax.annotate(p["label"], (p["weight_bits"], p["top1"]), textcoords="offset points", xytext=(-6, 0),
                     ha="right", va="center", fontsize=7.5, color="0.45")
     ax.set_xlabel("average weight bits (size-weighted, first/last layer excluded)")
-    ax.set_ylabel("top-1 (%), mean and range over seeds")
+    ax.set_ylabel("top-1 (%), mean and range over runs")
     ax.legend(fontsize=8)
     ax.set_title(title or "Allocation frontier")
     zoom.set_xticks(range(len(targets)), targets)
     zoom.set_xlim(-0.5, len(targets) - 0.5)
-    zoom.set_ylabel("top-1 (%), this runs folder only")
+    zoom.set_ylabel("top-1 (%), the same runs")
     zoom.set_title("per target, methods side by side")
     return fig
 

@@ -135,3 +135,64 @@ def read_report(path: str | Path) -> tuple[str, list[dict]]:
                      "epochs": int(epochs.split()[0]), "top1": float(cell["top-1 (%), final"]),
                      "finished": "stopped" not in epochs})
     return lines[0].removeprefix("# Results: "), rows
+
+
+FRONTIER_RUNS_HEAD = "| target | method | seed | parent | top-1 (%) | W avg | A avg | epochs | file |"
+
+
+def parent_label(summary: dict) -> str:
+    """Which W4A4 model an allocation run started from, as the frontier's tables name it: the device
+    it was trained on and its top-1 (a runs folder rebuilt on another machine is another parent)."""
+    return f"{summary['device']}; W4A4 {summary['top1']:.2f}"
+
+
+def frontier_run_lines(runs: list[dict]) -> list[str]:
+    """The "every run" table of results/allocation-frontier.md (benchmarks/allocation_frontier.py),
+    one row per run (target, method, seed, parent, top1, weight_avg, act_avg, epochs_done, file);
+    `read_frontier_runs` reads it back."""
+    return [FRONTIER_RUNS_HEAD, "|---|---|---|---|---|---|---|---|---|"] + [
+        f"| {r['target']} | {r['method']} | {r['seed']} | {r['parent']} | {r['top1']:.2f} | {r['weight_avg']:.3f} | "
+        f"{r['act_avg']:.3f} | {r['epochs_done']} | {r['file']} |" for r in runs]
+
+
+def read_frontier_runs(path: str | Path) -> list[dict]:
+    """The runs of an allocation-frontier report, as `frontier_run_lines` wrote them, each with the
+    profile its header names.
+
+    Why: runs folders stay out of git and a fresh clone may be on another machine, so a frontier
+    spanning sessions keeps its earlier runs only in its committed report; they are kept beside the
+    new ones, each named by its parent W4A4 model. Reports from before the parent column name the
+    header's device and "W4A4 not recorded".
+
+    Raises:
+        ValueError: the file has no such table.
+
+    Example:
+        >>> import tempfile
+        >>> run = dict(target="W2.0A2.0", method="lba", seed=0, parent="CPU; W4A4 86.19", top1=84.5,
+        ...            weight_avg=2.0, act_avg=2.0, epochs_done=10, file="lba")
+        >>> path = Path(tempfile.mkdtemp()) / "frontier.md"
+        >>> header = ["# Allocation frontier", "", "Profile `quick` (...); device CPU.", ""]
+        >>> _ = path.write_text("\\n".join(header + frontier_run_lines([run])) + "\\n")
+        >>> read_frontier_runs(path) == [{**run, "profile": "quick"}]
+        True
+    """
+    import re
+    lines = Path(path).read_text().splitlines()
+    start = next((i for i, x in enumerate(lines) if x.startswith("| target | method | seed |")), None)
+    if start is None:
+        raise ValueError(f"{path} has no table of every run (written by benchmarks/allocation_frontier.py)")
+    head = [c.strip() for c in lines[start].strip("|").split("|")]
+    device = next((m.group(1) for x in lines if (m := re.search(r".*; device (.+?)\.$", x))), "device not recorded")
+    profile = next((m.group(1) for x in lines if (m := re.match(r"Profile `(\w+)`", x))), None)
+    runs = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cell = dict(zip(head, (c.strip() for c in line.strip().strip("|").split("|"))))
+        runs.append({"target": cell["target"], "method": cell["method"], "seed": int(cell["seed"]),
+                     "parent": cell.get("parent", f"{device}; W4A4 not recorded"),
+                     "top1": float(cell["top-1 (%)"]), "weight_avg": float(cell["W avg"]),
+                     "act_avg": float(cell["A avg"]), "epochs_done": int(cell["epochs"]), "file": cell["file"],
+                     "profile": profile})
+    return runs

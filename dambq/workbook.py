@@ -123,18 +123,36 @@ def published_rows(runs_dir: str | Path, siblings: bool = True, reports: tuple[s
     return pd.DataFrame(rows).set_index(["network", "setting"])
 
 
-def frontier_rows(runs_dir: str | Path) -> list[dict]:
+def frontier_rows(runs_dir: str | Path, report: str | Path | None = None, profile: str | None = None) -> list[dict]:
     """One row per finished allocating `lba` run in a runs folder (benchmarks/allocation_frontier.py
-    writes them): method (the allocator's signal), target, seed, top-1 and the bits it landed on."""
+    writes them): method (the allocator's signal), target, seed, parent, top-1 and the bits it landed
+    on; with `report` (the frontier's results/allocation-frontier.md) also the runs it lists from
+    other W4A4 parents, which is all of them on a clone that has not run the frontier itself; with
+    `profile`, only if the report's runs are of that profile (a smoke notebook draws no quick runs).
+
+    Example:
+        >>> frontier_rows("runs/none-here")
+        []
+    """
     import json
+
+    from .report import parent_label, read_frontier_runs
+    runs_dir = Path(runs_dir)
+    parent_file = runs_dir / "w4a4.json"
+    parent = parent_label(json.loads(parent_file.read_text())) if parent_file.exists() else None
     rows = []
-    for path in sorted(Path(runs_dir).glob("lba*.json")):
+    for path in sorted(runs_dir.glob("lba*.json")):
         s = json.loads(path.read_text())
         if s.get("stage") != "lba" or not s.get("finished"):
             continue
         rows.append({"method": s.get("allocator", {}).get("signal", "lba"), "target": target_label(*s["targets"]),
-                     "seed": s.get("seed", 0), "top1": s["top1"], "weight_bits": s["weight_avg"],
+                     "seed": s.get("seed", 0), "parent": parent, "top1": s["top1"], "weight_bits": s["weight_avg"],
                      "act_bits": s["act_avg"]})
+    if report is not None and Path(report).exists():
+        rows += [{"method": r["method"], "target": r["target"], "seed": r["seed"], "parent": r["parent"],
+                  "top1": r["top1"], "weight_bits": r["weight_avg"], "act_bits": r["act_avg"]}
+                 for r in read_frontier_runs(report) if (r["parent"] != parent or not rows)
+                 and (profile is None or r["profile"] == profile)]
     return rows
 
 

@@ -43,6 +43,7 @@ runs_dir = None          # checkpoints and metrics, shared by notebooks 01-03; N
 figures_dir = "figures"  # figures (the smoke profile writes to runs/smoke/figures instead)
 weight_target = 2.0      # LBA target: size-weighted average weight bits
 act_target = 2.0         # LBA target: size-weighted average activation bits
+frontier_report = "results/allocation-frontier.md"  # earlier frontier runs, from other parents
 reports = ["results/quick-cpu.md", "results/quick-cpu-resnet20.md", "results/quick-cpu-vgg.md"]  # read last, in order
 
 # %%
@@ -147,10 +148,13 @@ results
 #
 # `python benchmarks/allocation_frontier.py --profile <profile> --out <this runs folder>` trains, from the same W4A4
 # model, LBA, a second-order signal ("fisher"), random allocation and every channel at the target's bits, for
-# several targets and seeds. Where those runs exist in this runs folder they are drawn here.
+# several targets and seeds. Drawn here: those runs in this runs folder, and the runs that its committed report
+# (`frontier_report`, when of this profile) lists from other W4A4 parents, each trained by an earlier session on
+# its own clone (runs folders stay out of git). Within one parent every method starts from the same model; the
+# error bars span every run, so they hold the parents' noise too.
 
 # %%
-rows = wb.frontier_rows(runs_dir)
+rows = wb.frontier_rows(runs_dir, report=frontier_report, profile=profile)
 if len({r["method"] for r in rows}) > 1:
     fig = plots.allocation_frontier(rows, reference=wb.PAPER_RESNET20_CIFAR10,
                                     title=f"Top-1 vs weight bits per allocation method ({where})")

@@ -2,6 +2,7 @@
 
 Why: the GPU check is one prepared script run on a lent machine with minutes of
 budget; a crash there wastes the loan, so CI runs the same script on CPU first."""
+import re
 import subprocess
 import sys
 import tarfile
@@ -65,12 +66,19 @@ def test_clip_init_script_writes_its_table(tmp_path):
 @pytest.mark.slow
 def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
     report = tmp_path / "frontier.md"
+    # an earlier session's report, from before the parent column, on a clone whose runs folder is gone: its run is
+    # kept beside the new parent's (they used to be dropped when the report was rewritten)
+    report.write_text("# Allocation frontier\n\nProfile `smoke` (...); device CPU (elsewhere).\n\n"
+                      "| target | method | seed | top-1 (%) | W avg | A avg | epochs | file |\n"
+                      "|---|---|---|---|---|---|---|---|\n| W2.0A2.0 | lba | 0 | 0.01 | 2.000 | 2.000 | 2 | lba |\n")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allocation_frontier.py"), "--profile", "smoke",
                            "--out", str(tmp_path / "runs"), "--device", "cpu", "--seeds", "2", "--targets", "2,2",
                            "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text()
-    assert "Runs finished: 8 of 8." in text
+    assert ": 8 of 8. Kept from earlier sessions' parents (their runs folders are not here): 1 runs." in text
+    assert "| W2.0A2.0 | lba | 0 | CPU (elsewhere); W4A4 not recorded | 0.01 |" in text
+    assert re.search(r"\| W2\.0A2\.0 \| lba \| [\d.]+ \| 0\.01 - [\d.]+ \| 3 \| 2 \|", text)
     for method in ("lba", "fisher", "random", "uniform"):
         assert f"| W2.0A2.0 | {method} |" in text
     files = sorted(p.name for p in (tmp_path / "runs").glob("lba*.json"))

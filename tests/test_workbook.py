@@ -200,3 +200,38 @@ def test_the_reports_notebook_03_reads_exist_and_read_back():
     for report in reports:
         folder, rows = read_report(wb.REPO_ROOT / report)
         assert folder.startswith("runs/") and rows and all(0 < r["top1"] <= 100 for r in rows)
+
+
+def test_frontier_rows_keep_the_reports_runs_from_other_parents(tmp_path):
+    # runs folders stay out of git: on a fresh clone the frontier's earlier runs lived only in its report, and the
+    # notebook drew nothing ("no frontier runs"); a report from before the parent column names its header's device
+    import json
+
+    from dambq.report import frontier_run_lines, parent_label
+    runs = tmp_path / "quick"
+    runs.mkdir()
+    (runs / "w4a4.json").write_text(json.dumps({"stage": "w4a4", "device": "CPU (Intel)", "top1": 86.19}))
+    (runs / "lba.json").write_text(json.dumps({"stage": "lba", "finished": True, "targets": [2.0, 2.0], "seed": 0,
+                                               "top1": 84.9, "weight_avg": 2.0, "act_avg": 2.0}))
+    here = parent_label({"device": "CPU (Intel)", "top1": 86.19})
+    run = dict(target="W2.0A2.0", method="lba", seed=0, top1=84.9, weight_avg=2.0, act_avg=2.0, epochs_done=10,
+               file="lba")
+    report = tmp_path / "frontier.md"
+    report.write_text("\n".join(["# Allocation frontier", "", "Profile `quick` (...); device CPU (AMD).", ""]
+                                + frontier_run_lines([{**run, "parent": here},
+                                                      {**run, "parent": "CPU (AMD); W4A4 86.44", "top1": 84.56},
+                                                      {**run, "parent": "CPU (AMD); W4A4 86.44", "top1": 84.0,
+                                                       "method": "uniform"}])) + "\n")
+    rows = wb.frontier_rows(runs, report=report, profile="quick")
+    assert sorted((r["parent"], r["method"], r["top1"]) for r in rows) == [
+        ("CPU (AMD); W4A4 86.44", "lba", 84.56), ("CPU (AMD); W4A4 86.44", "uniform", 84.0), (here, "lba", 84.9)]
+    assert [r["parent"] for r in wb.frontier_rows(runs)] == [here]  # no report: this folder only
+    assert len(wb.frontier_rows(runs, report=report, profile="smoke")) == 1  # a smoke notebook draws no quick runs
+    assert len(wb.frontier_rows(tmp_path / "gone", report=report)) == 3  # a fresh clone: all the report's runs
+    old = report.read_text().replace(" parent |", "").replace("---|---|---|---|---|---|---|---|---|",
+                                                             "---|---|---|---|---|---|---|---|")
+    old = "\n".join(line.replace(f" {here} |", "").replace(" CPU (AMD); W4A4 86.44 |", "")
+                    for line in old.splitlines())
+    report.write_text(old + "\n")
+    assert {r["parent"] for r in wb.frontier_rows(tmp_path / "gone", report=report)} == {
+        "CPU (AMD); W4A4 not recorded"}
