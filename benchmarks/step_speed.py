@@ -103,7 +103,7 @@ def main() -> None:
              f"Network: {args.arch}. Device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; layout {args.layout}; "
              f"median of {args.steps} steps each, float and quantized alternating; `dambq.train.train_step`, as `fit` runs it.", "",
              f"`fit`'s defaults on this device (`dambq.train.engine_settings`): "
-             "; ".join(f"{kind} {precision_label(fit_combo[q][0])}, "
+             + "; ".join(f"{kind} {precision_label(fit_combo[q][0])}, "
                        f"{'compiled' if fit_combo[q][1] else 'eager'}" for kind, q in (("float", False), ("quantized", True)))
              + ".", "",
              "| model, precision, compilation | ms / step | images / s | first step s |", "|---|---|---|---|",

@@ -27,6 +27,18 @@ def _best(summary: dict) -> str:
     return f"{summary['best_top1']:.2f} ({summary['best_epoch']})"
 
 
+def _epoch_seconds(out: Path, summary: dict) -> str:
+    """Median training seconds per epoch after the first (which also compiles and warms up), from the
+    stage's per-epoch `<file>.csv`: the speed a reader compares across stages and machines."""
+    import csv
+    import statistics
+    path = out / f"{summary['file']}.csv"
+    if not path.exists():
+        return "-"
+    seconds = [float(row["train_seconds"]) for row in csv.DictReader(path.read_text().splitlines())]
+    return f"{statistics.median(seconds[1:] or seconds):.1f}" if seconds else "-"
+
+
 def _epochs(summary: dict) -> str:
     """A stopped stage says so (read_report reads it back as no result)."""
     if summary.get("finished", True):
@@ -54,15 +66,15 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
     summaries.sort(key=lambda s: order.get(s["stage"], len(order)))
     lines = [f"# Results: {out}", "", f"Command: `{command}`", "",
              "| stage (file) | what | network | profile | data | device | training precision | act clips started | epochs "
-             "| top-1 (%), final | best (epoch) | W avg | A avg | minutes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| top-1 (%), final | best (epoch) | W avg | A avg | minutes | training s / epoch (median after the first) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         bits = (f"{s['weight_avg']:.3f} | {s['act_avg']:.3f}" if "weight_avg" in s else "32 | 32")
         clips = s.get("act_clip_init") or "-"
         lines.append(f"| {s['file']} | {s['description']} | {s['arch']} | {s['profile']} | {s['data']} | "
                      f"{s['device']} | "
                      f"{s['precision']} | {clips} | {_epochs(s)} | "
-                     f"{s['top1']:.2f} | {_best(s)} | {bits} | {s['minutes']:.1f} |")
+                     f"{s['top1']:.2f} | {_best(s)} | {bits} | {s['minutes']:.1f} | {_epoch_seconds(out, s)} |")
     chain = [s for s in summaries if s["stage"] in ("float", "w4a4")
              or (s["stage"] == "lba" and s.get("targets") == [2.0, 2.0])]
     if len(chain) == 3:

@@ -76,18 +76,26 @@ def precision_label(amp: bool) -> str:
     return "bf16 autocast" if amp else "fp32"
 
 
+def has_amx(device: torch.device) -> bool:
+    """Whether `device` is a CPU with AMX tiles (Intel Xeon since Sapphire Rapids)."""
+    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    return device.type == "cpu" and check is not None and bool(check())
+
+
 def default_compile(device: torch.device, quantized: bool = True) -> bool:
     """torch.compile by default only where a measurement showed it pays: quantized models on
-    CPUs with fast bf16.
+    CPUs with fast bf16, and float models too on CPUs with AMX.
 
     Why so narrow: on an AMD EPYC with AVX512-BF16 (2 cores) compiling made the bf16 W4A4 +
     tracking step 24 % faster but the float step 8 % slower (results/step-speed-avx512bf16.md,
-    `python benchmarks/step_speed.py --all`); on an AVX2-only EPYC the compiled fp32 step was
+    `python benchmarks/step_speed.py --all`); on an Intel Xeon with AMX it made both faster, float
+    by 15 % (results/step-speed-amx.md; the 30-epoch float stage pays its ~30 s of compilation back
+    several times over); on an AVX2-only EPYC the compiled fp32 step was
     within noise of eager and costs tens of seconds per stage (results/step-speed.md); on an
     H200 default-mode compilation made float and W4A4 epochs slower (results/gpu-lease-1.md),
     so CUDA stays eager until a lease times CUDA graphs faster (`--compile on --compile-mode
     reduce-overhead` asks for them; the GPU lease picks its mode from its own step profile)."""
-    return quantized and device.type == "cpu" and fast_bfloat16(device)
+    return device.type == "cpu" and fast_bfloat16(device) and (quantized or has_amx(device))
 
 
 def engine_settings(device: torch.device, amp: bool | None = None, compile: bool | None = None,

@@ -168,3 +168,18 @@ def test_calibration_spread_attribution_names_the_inputs_that_err_and_restores_t
     assert len(errors) == 2 and errors == sorted(errors, reverse=True) and errors[0] > 0
     assert {name for _, name, _ in result["alone"]} <= {"0", "2", "5"}
     assert result["without top"] < before
+
+
+def test_step_speed_report_names_fits_defaults_for_float_and_quantized(tmp_path, monkeypatch):
+    # the sentence naming fit's defaults lost its words: two string literals without a `+` made the first one the
+    # separator of the join ("float bf16 autocast, eager`fit`'s defaults on this device ...: ; quantized ...")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import step_speed
+
+    monkeypatch.setattr(step_speed, "make_step", lambda *args: (lambda: 0.01))  # no training: the report only
+    out = tmp_path / "speed.md"
+    monkeypatch.setattr(sys, "argv", ["step_speed.py", "--steps", "2", "--out", str(out)])
+    step_speed.main()
+    line = next(x for x in out.read_text().splitlines() if "defaults on this device" in x)
+    assert re.fullmatch(r"`fit`'s defaults on this device \(`dambq\.train\.engine_settings`\): float [^;`]+, "
+                        r"(eager|compiled); quantized [^;`]+, (eager|compiled)\.", line), line

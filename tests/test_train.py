@@ -99,6 +99,13 @@ def test_pipeline_smoke_chain(tmp_path):
     precision = dambq.train.precision_label(dambq.train.default_amp(torch.device("cpu")))  # this CPU's default
     assert report.count(f"| {precision} | mse |") == 2 and "| - |" in report
     assert "layer3.2.conv2" in report
+    import csv
+    import statistics
+    from dambq.report import read_report
+    seconds = [float(r["train_seconds"]) for r in csv.DictReader((tmp_path / "lba.csv").read_text().splitlines())]
+    lba_row = next(line for line in report.splitlines() if line.startswith("| lba |"))
+    assert lba_row.endswith(f"| {statistics.median(seconds[1:]):.1f} |")  # the first epoch compiles: left out
+    assert [r["file"] for r in read_report(tmp_path / "report.md")[1]] == ["float", "w4a4", "lba"]
     older = json.loads((tmp_path / "float.json").read_text())
     del older["file"]  # as an older dambq wrote it
     (tmp_path / "float.json").write_text(json.dumps(older))
@@ -123,7 +130,10 @@ def test_bf16_autocast_for_every_model_where_it_pays(monkeypatch):
     record = fit(quantized, data, cfg, device="cpu", progress=False, compile=False)[0]
     assert record["precision"] == "bf16 autocast" and record["compiled"] is False
     assert train.engine_settings(torch.device("cpu"))["compile"]  # fast bf16 CPUs compile quantized models
-    assert not train.engine_settings(torch.device("cpu"), quantized=False)["compile"]  # and leave float eager
+    monkeypatch.setattr(train, "has_amx", lambda device: False)
+    assert not train.engine_settings(torch.device("cpu"), quantized=False)["compile"]  # and leave float eager,
+    monkeypatch.setattr(train, "has_amx", lambda device: True)
+    assert train.engine_settings(torch.device("cpu"), quantized=False)["compile"]  # except with AMX
     monkeypatch.setattr(train, "fast_bfloat16", lambda device: False)
     assert fit(build_model("resnet20"), data, cfg, device="cpu", progress=False)[0]["precision"] == "fp32"
     assert train.engine_settings(torch.device("cpu")) == {"amp": False, "compile": False, "channels_last": True}
