@@ -105,6 +105,21 @@ def write_report(out: str | Path, path: str | Path, command: str) -> str:
 TABLE_HEAD = "| stage (file) |"
 
 
+def _table(lines: list[str], head: str) -> list[dict] | None:
+    """The rows of the first markdown table whose header line starts with `head`, as dicts keyed by
+    the header's cells (None when there is none): both readers below parse our own tables."""
+    start = next((i for i, x in enumerate(lines) if x.startswith(head)), None)
+    if start is None:
+        return None
+    names = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(names, (c.strip() for c in line.strip().strip("|").split("|")))))
+    return rows
+
+
 def read_report(path: str | Path) -> tuple[str, list[dict]]:
     """The runs folder a report was written from and one dict per stage row of its table.
 
@@ -133,19 +148,12 @@ def read_report(path: str | Path) -> tuple[str, list[dict]]:
         [{'file': 'w4a4', 'arch': 'resnet20', 'profile': 'quick', 'epochs': 5, 'top1': 86.25, 'finished': True}]
     """
     lines = Path(path).read_text().splitlines()
-    if not lines or not lines[0].startswith("# Results: ") or not any(x.startswith(TABLE_HEAD) for x in lines):
+    cells = _table(lines, TABLE_HEAD) if lines and lines[0].startswith("# Results: ") else None
+    if cells is None:
         raise ValueError(f"{path} is not a report written by `python -m dambq.pipeline --report`")
-    start = next(i for i, x in enumerate(lines) if x.startswith(TABLE_HEAD))
-    head = [c.strip() for c in lines[start].strip("|").split("|")]
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        cell = dict(zip(head, (c.strip() for c in line.strip().strip("|").split("|"))))
-        epochs = cell["epochs"]
-        rows.append({"file": cell["stage (file)"], "arch": cell["network"], "profile": cell["profile"],
-                     "epochs": int(epochs.split()[0]), "top1": float(cell["top-1 (%), final"]),
-                     "finished": "stopped" not in epochs})
+    rows = [{"file": cell["stage (file)"], "arch": cell["network"], "profile": cell["profile"],
+             "epochs": int(cell["epochs"].split()[0]), "top1": float(cell["top-1 (%), final"]),
+             "finished": "stopped" not in cell["epochs"]} for cell in cells]
     return lines[0].removeprefix("# Results: "), rows
 
 
@@ -191,20 +199,12 @@ def read_frontier_runs(path: str | Path) -> list[dict]:
     """
     import re
     lines = Path(path).read_text().splitlines()
-    start = next((i for i, x in enumerate(lines) if x.startswith("| target | method | seed |")), None)
-    if start is None:
+    cells = _table(lines, "| target | method | seed |")
+    if cells is None:
         raise ValueError(f"{path} has no table of every run (written by benchmarks/allocation_frontier.py)")
-    head = [c.strip() for c in lines[start].strip("|").split("|")]
     device = next((m.group(1) for x in lines if (m := re.search(r".*; device (.+?)\.$", x))), "device not recorded")
     profile = next((m.group(1) for x in lines if (m := re.match(r"Profile `(\w+)`", x))), None)
-    runs = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        cell = dict(zip(head, (c.strip() for c in line.strip().strip("|").split("|"))))
-        runs.append({"target": cell["target"], "method": cell["method"], "seed": int(cell["seed"]),
-                     "parent": cell.get("parent", f"{device}; W4A4 not recorded"),
-                     "top1": float(cell["top-1 (%)"]), "weight_avg": float(cell["W avg"]),
-                     "act_avg": float(cell["A avg"]), "epochs_done": int(cell["epochs"]), "file": cell["file"],
-                     "profile": profile})
-    return runs
+    return [{"target": cell["target"], "method": cell["method"], "seed": int(cell["seed"]),
+             "parent": cell.get("parent", f"{device}; W4A4 not recorded"), "top1": float(cell["top-1 (%)"]),
+             "weight_avg": float(cell["W avg"]), "act_avg": float(cell["A avg"]), "epochs_done": int(cell["epochs"]),
+             "file": cell["file"], "profile": profile} for cell in cells]
