@@ -21,10 +21,11 @@ parent's own noise. `--fresh` starts the report over.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
-from dambq.pipeline import device_name, load_data, run_stage
+from dambq.pipeline import device_name, load_data, run_stage, stage_file
 from dambq.profiles import get_profile, target_label
 from dambq.report import frontier_run_lines, parent_label, read_frontier_runs
 from dambq.train import resolve_device
@@ -32,6 +33,10 @@ from dambq.workbook import frontier_verdict
 
 TARGETS = ((3.0, 3.0), (2.0, 2.0), (1.0, 2.0))
 METHODS = ("lba", "fisher", "random", "uniform")
+
+
+def finished(summary: Path) -> bool:
+    return summary.exists() and json.loads(summary.read_text()).get("finished", False)
 
 
 def landed(runs: list[dict], key: str) -> str:
@@ -50,12 +55,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="semicolon list of W,A pairs")
     parser.add_argument("--report", default="results/allocation-frontier.md")
     parser.add_argument("--fresh", action="store_true", help="drop the runs the report lists from other parents")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rewrite the report from the finished runs (and the kept ones)")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     out, device = Path(args.out), resolve_device(args.device)
     data = load_data(profile, args.data)
-    for stage in ("float", "w4a4"):
-        parent = run_stage(stage, profile, out, data=data, device=device, progress=False)
+    if args.report_only:  # the parent is read, never trained
+        if not finished(out / "w4a4.json"):
+            raise SystemExit(f"--report-only: no finished w4a4 stage in {out}")
+        parent = json.loads((out / "w4a4.json").read_text())
+    else:
+        for stage in ("float", "w4a4"):
+            parent = run_stage(stage, profile, out, data=data, device=device, progress=False)
     parent = parent_label(parent)
     report = Path(args.report)
     earlier = [] if args.fresh or not report.exists() else [
@@ -74,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         for weight_target, act_target in targets:
             for method in methods:
                 allocator = {"signal": method, "seed": seed} if method != "lba" else None
+                name = stage_file("lba", weight_target, act_target, method, seed)
+                if args.report_only and not finished(out / f"{name}.json"):
+                    continue
                 summary = run_stage("lba", profile, out, data=data, device=device, seed=seed, progress=False,
                                     weight_target=weight_target, act_target=act_target, allocator_args=allocator)
                 summary.pop("model")
@@ -82,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                              **{k: summary[k] for k in ("top1", "weight_avg", "act_avg", "epochs_done", "file")}})
                 print(runs[-1], flush=True)
                 write_report(args, profile, device, targets, methods, runs, earlier)
+    write_report(args, profile, device, targets, methods, runs, earlier)
     print(Path(args.report).read_text())
 
 

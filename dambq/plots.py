@@ -66,6 +66,9 @@ COLORS: dict[str, Any] = {
     # pipeline stages
     "float": _CB[7], "w4a4": _CB[0], "w4a4_uniform": _CB[2], "w4a4_laplace": _CB[1], "lba": _CB[3],
     "w2a2_fixed": _CB[9],
+    # allocation signals (the frontier): "uniform" there is no allocation, so it takes w2a2_fixed's colour,
+    # not the uniform code-book's, which random allocation used to share
+    "alloc:lba": _CB[3], "alloc:fisher": _CB[1], "alloc:random": _CB[4], "alloc:uniform": _CB[9],
     # kinds
     "weight": _CB[0], "act": _CB[1],
 }
@@ -673,7 +676,7 @@ def allocation_frontier(rows: Sequence[Mapping[str, Any]], reference: Sequence[M
         x, y = group["weight_bits"].mean(), group["top1"].mean()
         low, high = y - group["top1"].min(), group["top1"].max() - y
         order = np.argsort(x.to_numpy())
-        style = dict(marker="o", ms=5, capsize=3, color=color(method, i))
+        style = dict(marker="o", ms=5, capsize=3, color=color(f"alloc:{method}", i))
         ax.errorbar(x.to_numpy()[order] + 0.03 * (i - (len(methods) - 1) / 2), y.to_numpy()[order],
                     yerr=[low.to_numpy()[order], high.to_numpy()[order]],
                     label=f"{method} ({group.size().max()} runs per target)", **style)

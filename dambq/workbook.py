@@ -158,7 +158,8 @@ def frontier_rows(runs_dir: str | Path, report: str | Path | None = None, profil
 
 def frontier_verdict(rows: list[dict], against: str = "lba") -> list[str]:
     """Plain sentences: per target, whether `against` beats each other method by more than the
-    seed ranges (its worst seed above the other's best), or not."""
+    seed ranges (its worst seed above the other's best), or not; with one run on either side there
+    is no range, and the sentence says so instead of calling a difference of any size a win."""
     lines = []
     for target in dict.fromkeys(r["target"] for r in rows):
         mine = [r["top1"] for r in rows if r["target"] == target and r["method"] == against]
@@ -167,7 +168,9 @@ def frontier_verdict(rows: list[dict], against: str = "lba") -> list[str]:
         for method in dict.fromkeys(r["method"] for r in rows if r["target"] == target and r["method"] != against):
             other = [r["top1"] for r in rows if r["target"] == target and r["method"] == method]
             gap = sum(mine) / len(mine) - sum(other) / len(other)
-            if min(mine) > max(other):
+            if min(len(mine), len(other)) < 2:
+                verdict = "has no seed range to be judged against (one run)"
+            elif min(mine) > max(other):
                 verdict = "beats it by more than the seed range"
             elif max(mine) < min(other):
                 verdict = "loses to it by more than the seed range"

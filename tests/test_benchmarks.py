@@ -88,6 +88,9 @@ def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
     assert uniform and "| 2.000 | 2.000 |" in uniform[0]  # every channel at the target
     for method in ("fisher", "random", "uniform"):  # the verdict, rival by rival
         assert any(line.startswith("- W2.0A2.0: lba ") and f"({method};" in line for line in text.splitlines())
+    again = subprocess.run(done.args + ["--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert report.read_text() == text  # rewritten from the finished runs alone, the kept run kept
 
 
 @pytest.mark.slow

@@ -170,6 +170,10 @@ def test_packed_model_figures(out_dir):
 def test_allocation_frontier_figure(out_dir):
     rows = [{"method": m, "target": t, "seed": s, "top1": 85 - 2 * (2 - w) - (m != "lba") + 0.1 * s,
              "weight_bits": w, "act_bits": 2.0}
-            for m in ("lba", "random", "uniform") for t, w in (("W2.0A2.0", 2.0), ("W1.0A2.0", 1.0)) for s in (0, 1)]
-    check(plots.allocation_frontier(rows, reference=[{"label": "paper", "weight_bits": 2.0, "top1": 91.7}]),
-          out_dir, "frontier")
+            for m in ("lba", "fisher", "random", "uniform") for t, w in (("W2.0A2.0", 2.0), ("W1.0A2.0", 1.0))
+            for s in (0, 1)]
+    fig = plots.allocation_frontier(rows, reference=[{"label": "paper", "weight_bits": 2.0, "top1": 91.7}])
+    check(fig, out_dir, "frontier")
+    # random and uniform were drawn in one green: the uniform code-book's colour, found by random's cycle index too
+    colours = {str(line.get_color()) for line in fig.axes[0].get_lines() if line.get_marker() == "o"}
+    assert len(colours) == 4, colours
