@@ -96,12 +96,13 @@ def main(argv: list[str] | None = None) -> None:
                              "parent": parent,
                              **{k: summary[k] for k in ("top1", "weight_avg", "act_avg", "epochs_done", "file")}})
                 print(runs[-1], flush=True)
-                write_report(args, profile, device, targets, methods, runs, earlier)
-    write_report(args, profile, device, targets, methods, runs, earlier)
+                write_report(args, profile, device, targets, methods, parent, runs, earlier)
+    write_report(args, profile, device, targets, methods, parent, runs, earlier)
     print(Path(args.report).read_text())
 
 
-def write_report(args, profile, device, targets, methods, runs: list[dict], earlier: list[dict]) -> None:
+def write_report(args, profile, device, targets, methods, parent: str, runs: list[dict],
+                 earlier: list[dict]) -> None:
     """results/allocation-frontier.md from the runs finished so far on this parent (it says how many
     of how many) and the earlier ones from other parents."""
     planned = len(targets) * len(methods) * args.seeds
@@ -113,7 +114,7 @@ def write_report(args, profile, device, targets, methods, runs: list[dict], earl
              f"Profile `{profile.name}` ({profile.note}); every run: the profile's `lba` schedule "
              f"({profile.lba.epochs} epochs, window {list(profile.lba_window)}) from a trained W4A4 model, "
              f"its parent (all methods of a target and seed share one); device {device_name(device)}.", "",
-             f"Runs finished on this parent ({runs[0]['parent'] if runs else '-'}): {len(runs)} of {planned}"
+             f"Runs finished on this parent ({parent}): {len(runs)} of {planned}"
              + (" (partial: rerun the command to go on; finished runs are read back)" if len(runs) < planned else "")
              + "." + (f" Kept from earlier sessions' parents (their runs folders are not here): {len(earlier)} runs."
                       if earlier else ""), "",

@@ -47,6 +47,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _cpu_has(device: torch.device, check: str) -> bool:
+    """Whether `device` is a CPU for which torch.cpu's feature check `check` says yes."""
+    found = getattr(getattr(torch, "cpu", None), check, None)
+    return device.type == "cpu" and found is not None and bool(found())
+
+
+def has_amx(device: torch.device) -> bool:
+    """Whether `device` is a CPU with AMX tiles (Intel Xeon since Sapphire Rapids)."""
+    return _cpu_has(device, "_is_amx_tile_supported")
+
+
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether bfloat16 autocast is a speed-up here: CUDA, or a CPU with AMX or AVX512-BF16.
 
@@ -56,11 +67,7 @@ def fast_bfloat16(device: torch.device) -> bool:
     names the CPU each number comes from)."""
     if device.type == "cuda":
         return True
-    if device.type != "cpu":
-        return False
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(check is not None and check() for check in checks)
+    return has_amx(device) or _cpu_has(device, "_is_avx512_bf16_supported")
 
 
 def default_amp(device: torch.device) -> bool:
@@ -74,12 +81,6 @@ def precision_label(amp: bool) -> str:
     """How results name a training precision: "bf16 autocast" or "fp32" (fit's per-epoch records,
     the report tables, and tests that expect the device's default, `precision_label(default_amp(device))`)."""
     return "bf16 autocast" if amp else "fp32"
-
-
-def has_amx(device: torch.device) -> bool:
-    """Whether `device` is a CPU with AMX tiles (Intel Xeon since Sapphire Rapids)."""
-    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
-    return device.type == "cpu" and check is not None and bool(check())
 
 
 def default_compile(device: torch.device, quantized: bool = True) -> bool:
