@@ -10,18 +10,22 @@ change squared), "random" (seeded control) and "uniform" (every channel at the t
 bits, no allocation); `dambq.lba.SIGNALS`. Each run is its own stage file
 (``lba-<method>-W<w>A<a>-s<seed>``) and resumes if killed; rerunning reads finished runs back.
 Writes results/allocation-frontier.md: top-1 as mean and range over runs, and the bits each
-run landed on.
+run landed on; and its figure, figures/allocation-frontier.png (`dambq.plots.allocation_frontier`,
+the one notebook 03 draws), from the same runs, so report and figure never disagree.
 
 Across machines: runs folders stay out of git, so a later session on a fresh clone trains a new
 W4A4 parent. The runs the report already lists from other parents are kept in it (each run is
 named by its parent, `dambq.report.parent_label`), and the new parent's runs are added beside them:
 within one parent every method meets the same model, and the range over runs then also holds the
-parent's own noise. `--fresh` starts the report over.
+parent's own noise. A target x method x seed that a kept parent already finished is not
+trained again (a fresh clone goes on where the last machine stopped, so the frontier fills in
+across sessions); `--repeat` trains it on this parent too, `--fresh` starts the report over.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="semicolon list of W,A pairs")
     parser.add_argument("--report", default="results/allocation-frontier.md")
     parser.add_argument("--fresh", action="store_true", help="drop the runs the report lists from other parents")
+    parser.add_argument("--figure", default="figures/allocation-frontier.png",
+                        help="the report's figure (a .png path), or none")
+    parser.add_argument("--repeat", action="store_true",
+                        help="also train the runs a kept parent already has (default: only the missing ones)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: rewrite the report from the finished runs (and the kept ones)")
     args = parser.parse_args(argv)
@@ -79,33 +87,51 @@ def main(argv: list[str] | None = None) -> None:
         print(f"kept from {report}: {len(earlier)} runs from other W4A4 parents", flush=True)
     targets = [tuple(float(v) for v in pair.split(",")) for pair in args.targets.split(";")]
     methods = args.methods.split(",")
-    runs = []
+    kept = set() if args.repeat else {(r["target"], r["method"], r["seed"]) for r in earlier}
     # seed-major: every target and method at seed 0 before any at seed 1, and the report rewritten after
     # every run, so a frontier stopped part-way leaves one complete seed and a valid (partial) report
-    for seed in range(args.seeds):
-        for weight_target, act_target in targets:
-            for method in methods:
-                allocator = {"signal": method, "seed": seed} if method != "lba" else None
-                name = stage_file("lba", weight_target, act_target, method, seed)
-                if args.report_only and not finished(out / f"{name}.json"):
-                    continue
-                summary = run_stage("lba", profile, out, data=data, device=device, seed=seed, progress=False,
-                                    weight_target=weight_target, act_target=act_target, allocator_args=allocator)
-                summary.pop("model")
-                runs.append({"target": target_label(weight_target, act_target), "method": method, "seed": seed,
-                             "parent": parent,
-                             **{k: summary[k] for k in ("top1", "weight_avg", "act_avg", "epochs_done", "file")}})
-                print(runs[-1], flush=True)
-                write_report(args, profile, device, targets, methods, parent, runs, earlier)
-    write_report(args, profile, device, targets, methods, parent, runs, earlier)
+    plan = [(seed, w, a, method) for seed in range(args.seeds) for w, a in targets for method in methods
+            if (target_label(w, a), method, seed) not in kept]
+    if len(plan) < args.seeds * len(targets) * len(methods):
+        print(f"not trained again (a kept parent has them; --repeat to train them here): "
+              f"{args.seeds * len(targets) * len(methods) - len(plan)} runs", flush=True)
+    runs = []
+    for seed, weight_target, act_target, method in plan:
+        allocator = {"signal": method, "seed": seed} if method != "lba" else None
+        name = stage_file("lba", weight_target, act_target, method, seed)
+        if args.report_only and not finished(out / f"{name}.json"):
+            continue
+        summary = run_stage("lba", profile, out, data=data, device=device, seed=seed, progress=False,
+                            weight_target=weight_target, act_target=act_target, allocator_args=allocator)
+        summary.pop("model")
+        runs.append({"target": target_label(weight_target, act_target), "method": method, "seed": seed,
+                     "parent": parent,
+                     **{k: summary[k] for k in ("top1", "weight_avg", "act_avg", "epochs_done", "file")}})
+        print(runs[-1], flush=True)
+        write_report(args, profile, device, targets, methods, parent, runs, earlier, len(plan))
+    write_report(args, profile, device, targets, methods, parent, runs, earlier, len(plan))
     print(Path(args.report).read_text())
+    if args.figure != "none":
+        draw(earlier + runs, profile, Path(args.figure), Path(args.report))
+
+
+def draw(every: list[dict], profile, path: Path, report: Path) -> None:
+    """The report's runs as notebook 03 draws them: top-1 against weight bits per method, ranges over runs
+    as error bars, the paper's points hollow."""
+    from dambq import plots
+    from dambq.workbook import PAPER_RESNET20_CIFAR10
+    rows = [{"method": r["method"], "target": r["target"], "seed": r["seed"], "top1": r["top1"],
+             "weight_bits": r["weight_avg"], "act_bits": r["act_avg"]} for r in every]
+    fig = plots.allocation_frontier(rows, reference=PAPER_RESNET20_CIFAR10,
+                                    title=f"Top-1 vs weight bits per allocation method ({profile.name} profile, "
+                                          f"{len(rows)} runs, {report.name})")
+    print(f"figure: {plots.save(fig, path.stem, path.parent)}")
 
 
 def write_report(args, profile, device, targets, methods, parent: str, runs: list[dict],
-                 earlier: list[dict]) -> None:
+                 earlier: list[dict], planned: int) -> None:
     """results/allocation-frontier.md from the runs finished so far on this parent (it says how many
-    of how many) and the earlier ones from other parents."""
-    planned = len(targets) * len(methods) * args.seeds
+    of the `planned` ones) and the earlier ones from other parents."""
     every = earlier + runs
     parents = list(dict.fromkeys(r["parent"] for r in every))
     lines = ["# Allocation frontier: LBA against a second-order signal, random allocation and no allocation", "",
@@ -113,12 +139,15 @@ def write_report(args, profile, device, targets, methods, parent: str, runs: lis
              f"--seeds {args.seeds} --targets '{args.targets}' --methods {args.methods}`", "",
              f"Profile `{profile.name}` ({profile.note}); every run: the profile's `lba` schedule "
              f"({profile.lba.epochs} epochs, window {list(profile.lba_window)}) from a trained W4A4 model, "
-             f"its parent (all methods of a target and seed share one); device {device_name(device)}.", "",
+             f"its parent (on one parent all methods of a target and seed start from the same model; the parents column says where a row spans several); device {device_name(device)}.", "",
              f"Runs finished on this parent ({parent}): {len(runs)} of {planned}"
              + (" (partial: rerun the command to go on; finished runs are read back)" if len(runs) < planned else "")
              + "." + (f" Kept from earlier sessions' parents (their runs folders are not here): {len(earlier)} runs."
-                      if earlier else ""), "",
-             "| target | method | top-1 mean (%) | range over runs | runs | parents | W avg landed | A avg landed |",
+                      if earlier else ""), ""]
+    if args.figure != "none":
+        lines += [f"Figure: [{args.figure}]({Path(os.path.relpath(args.figure, Path(args.report).parent)).as_posix()}) (these runs, as notebook 03 draws them).",
+                  ""]
+    lines += ["| target | method | top-1 mean (%) | range over runs | runs | parents | W avg landed | A avg landed |",
              "|---|---|---|---|---|---|---|---|"]
     labels = list(dict.fromkeys([target_label(w, a) for w, a in targets] + [r["target"] for r in every]))
     for label in labels:

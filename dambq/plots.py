@@ -677,15 +677,21 @@ def allocation_frontier(rows: Sequence[Mapping[str, Any]], reference: Sequence[M
         low, high = y - group["top1"].min(), group["top1"].max() - y
         order = np.argsort(x.to_numpy())
         style = dict(marker="o", ms=5, capsize=3, color=color(f"alloc:{method}", i))
+        fewest, most = group.size().min(), group.size().max()  # a target with one run has no error bar
+        runs = f"{most}" if fewest == most else f"{fewest}-{most}"
         ax.errorbar(x.to_numpy()[order] + 0.03 * (i - (len(methods) - 1) / 2), y.to_numpy()[order],
                     yerr=[low.to_numpy()[order], high.to_numpy()[order]],
-                    label=f"{method} ({group.size().max()} runs per target)", **style)
+                    label=f"{method} ({runs} runs per target)", **style)
         at = [targets.index(t) + width * (i - (len(methods) - 1) / 2) for t in y.index]
         zoom.errorbar(at, y.to_numpy(), yerr=[low.to_numpy(), high.to_numpy()], ls="none", **style)
+    bits = list(frame["weight_bits"]) + [p["weight_bits"] for p in reference or []]
+    middle = (min(bits) + max(bits)) / 2
     for p in reference or []:
         ax.scatter(p["weight_bits"], p["top1"], s=50, marker="D", facecolors="white", edgecolors="0.45", zorder=3)
-        ax.annotate(p["label"], (p["weight_bits"], p["top1"]), textcoords="offset points", xytext=(-6, 0),
-                    ha="right", va="center", fontsize=7.5, color="0.45")
+        left = p["weight_bits"] > middle  # the label on the inner side: at the axis's edge it was cut off
+        ax.annotate(p["label"], (p["weight_bits"], p["top1"]), textcoords="offset points",
+                    xytext=(-6 if left else 6, 0), ha="right" if left else "left", va="center", fontsize=7.5,
+                    color="0.45")
     ax.set_xlabel("average weight bits (size-weighted, first/last layer excluded)")
     ax.set_ylabel("top-1 (%), mean and range over runs")
     ax.legend(fontsize=8)

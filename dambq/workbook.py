@@ -159,7 +159,9 @@ def frontier_rows(runs_dir: str | Path, report: str | Path | None = None, profil
 def frontier_verdict(rows: list[dict], against: str = "lba") -> list[str]:
     """Plain sentences: per target, whether `against` beats each other method by more than the
     seed ranges (its worst seed above the other's best), or not; with one run on either side there
-    is no range, and the sentence says so instead of calling a difference of any size a win."""
+    is no range, and the sentence says so instead of calling a difference of any size a win. It
+    counts runs, not seeds: a frontier spanning sessions has runs of one seed from two W4A4 parents
+    (benchmarks/allocation_frontier.py)."""
     lines = []
     for target in dict.fromkeys(r["target"] for r in rows):
         mine = [r["top1"] for r in rows if r["target"] == target and r["method"] == against]
@@ -177,7 +179,7 @@ def frontier_verdict(rows: list[dict], against: str = "lba") -> list[str]:
             else:
                 verdict = "is within the seed range of it"
             lines.append(f"{target}: {against} {verdict} ({method}; mean difference {gap:+.2f} points, "
-                         f"{len(mine)} vs {len(other)} seeds)")
+                         f"{len(mine)} vs {len(other)} runs)")
     return lines
 
 

@@ -67,22 +67,26 @@ def test_clip_init_script_writes_its_table(tmp_path):
 def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
     report = tmp_path / "frontier.md"
     # an earlier session's report, from before the parent column, on a clone whose runs folder is gone: its run is
-    # kept beside the new parent's (they used to be dropped when the report was rewritten)
+    # kept beside the new parent's (they used to be dropped when the report was rewritten), and not trained again
+    # (a fresh clone used to repeat every run the last machine had finished)
     report.write_text("# Allocation frontier\n\nProfile `smoke` (...); device CPU (elsewhere).\n\n"
                       "| target | method | seed | top-1 (%) | W avg | A avg | epochs | file |\n"
                       "|---|---|---|---|---|---|---|---|\n| W2.0A2.0 | lba | 0 | 0.01 | 2.000 | 2.000 | 2 | lba |\n")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allocation_frontier.py"), "--profile", "smoke",
                            "--out", str(tmp_path / "runs"), "--device", "cpu", "--seeds", "2", "--targets", "2,2",
-                           "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                           "--report", str(report), "--figure", str(tmp_path / "frontier.png")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000  # the report's figure, from the same runs
     text = report.read_text()
-    assert ": 8 of 8. Kept from earlier sessions' parents (their runs folders are not here): 1 runs." in text
+    assert ": 7 of 7. Kept from earlier sessions' parents (their runs folders are not here): 1 runs." in text
+    assert "not trained again (a kept parent has them; --repeat to train them here): 1 runs" in done.stdout
     assert "| W2.0A2.0 | lba | 0 | CPU (elsewhere); W4A4 not recorded | 0.01 |" in text
-    assert re.search(r"\| W2\.0A2\.0 \| lba \| [\d.]+ \| 0\.01 - [\d.]+ \| 3 \| 2 \|", text)
+    assert re.search(r"\| W2\.0A2\.0 \| lba \| [\d.]+ \| 0\.01 - [\d.]+ \| 2 \| 2 \|", text)
     for method in ("lba", "fisher", "random", "uniform"):
         assert f"| W2.0A2.0 | {method} |" in text
     files = sorted(p.name for p in (tmp_path / "runs").glob("lba*.json"))
-    assert files == sorted(["lba.json", "lba-s1.json"] + [f"lba-{m}-W2.0A2.0{s}.json" for m in
+    assert files == sorted(["lba-s1.json"] + [f"lba-{m}-W2.0A2.0{s}.json" for m in
                                                                   ("fisher", "random", "uniform") for s in ("", "-s1")])
     uniform = [line for line in text.splitlines() if line.startswith("| W2.0A2.0 | uniform | 0 |")]
     assert uniform and "| 2.000 | 2.000 |" in uniform[0]  # every channel at the target

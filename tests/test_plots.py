@@ -177,3 +177,12 @@ def test_allocation_frontier_figure(out_dir):
     # random and uniform were drawn in one green: the uniform code-book's colour, found by random's cycle index too
     colours = {str(line.get_color()) for line in fig.axes[0].get_lines() if line.get_marker() == "o"}
     assert len(colours) == 4, colours
+    # the legend said "lba (3 runs per target)" with 1, 3 and 1 runs at its three targets (figure 03, quick)
+    fewer = [r for r in rows if not (r["method"] == "lba" and r["target"] == "W1.0A2.0" and r["seed"] == 1)]
+    legend = [t.get_text() for t in plots.allocation_frontier(fewer).axes[0].get_legend().get_texts()]
+    assert legend == ["lba (1-2 runs per target)", "fisher (2 runs per target)", "random (2 runs per target)",
+                      "uniform (2 runs per target)"], legend
+    # a paper point at the left edge had its label drawn leftwards, off the axes
+    fig = plots.allocation_frontier(rows, reference=[{"label": "paper W1", "weight_bits": 1.0, "top1": 90.4},
+                                                     {"label": "paper W4", "weight_bits": 4.0, "top1": 92.5}])
+    assert [t.get_ha() for t in fig.axes[0].texts] == ["left", "right"]

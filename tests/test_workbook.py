@@ -139,7 +139,7 @@ def test_frontier_rows_and_verdict(tmp_path):
     # one run each: +0.01 points was called "beats it by more than the seed range" (results/allocation-frontier.md)
     one = [{"target": "W1.0A2.0", "method": m, "top1": t} for m, t in (("lba", 82.84), ("uniform", 82.83))]
     assert wb.frontier_verdict(one) == ["W1.0A2.0: lba has no seed range to be judged against (one run) (uniform; "
-                                        "mean difference +0.01 points, 1 vs 1 seeds)"]
+                                        "mean difference +0.01 points, 1 vs 1 runs)"]
 
 
 def test_published_rows_read_each_network_from_its_own_folder(tmp_path):
