@@ -139,14 +139,15 @@ def write_report(args, profile, device, targets, methods, parent: str, runs: lis
              f"--seeds {args.seeds} --targets '{args.targets}' --methods {args.methods}`", "",
              f"Profile `{profile.name}` ({profile.note}); every run: the profile's `lba` schedule "
              f"({profile.lba.epochs} epochs, window {list(profile.lba_window)}) from a trained W4A4 model, "
-             f"its parent (on one parent all methods of a target and seed start from the same model; the parents column says where a row spans several); device {device_name(device)}.", "",
+             f"its parent (on one parent all methods of a target and seed start from the same model; the parents "
+             f"column says where a row spans several); device {device_name(device)}.", "",
              f"Runs finished on this parent ({parent}): {len(runs)} of {planned}"
              + (" (partial: rerun the command to go on; finished runs are read back)" if len(runs) < planned else "")
              + "." + (f" Kept from earlier sessions' parents (their runs folders are not here): {len(earlier)} runs."
                       if earlier else ""), ""]
     if args.figure != "none":
-        lines += [f"Figure: [{args.figure}]({Path(os.path.relpath(args.figure, Path(args.report).parent)).as_posix()}) (these runs, as notebook 03 draws them).",
-                  ""]
+        link = Path(os.path.relpath(args.figure, Path(args.report).parent)).as_posix()  # from the report's folder
+        lines += [f"Figure: [{args.figure}]({link}) (these runs, as notebook 03 draws them).", ""]
     lines += ["| target | method | top-1 mean (%) | range over runs | runs | parents | W avg landed | A avg landed |",
              "|---|---|---|---|---|---|---|---|"]
     labels = list(dict.fromkeys([target_label(w, a) for w, a in targets] + [r["target"] for r in every]))
