@@ -33,7 +33,7 @@ from dambq.pipeline import device_name, load_data, run_stage, stage_file
 from dambq.profiles import get_profile, target_label
 from dambq.report import frontier_run_lines, parent_label, read_frontier_runs
 from dambq.train import resolve_device
-from dambq.workbook import frontier_verdict
+from dambq.workbook import frontier_row, frontier_verdict
 
 TARGETS = ((3.0, 3.0), (2.0, 2.0), (1.0, 2.0))
 METHODS = ("lba", "fisher", "random", "uniform")
@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     # every run, so a frontier stopped part-way leaves one complete seed and a valid (partial) report
     plan = [(seed, w, a, method) for seed in range(args.seeds) for w, a in targets for method in methods
             if (target_label(w, a), method, seed) not in kept]
-    if len(plan) < args.seeds * len(targets) * len(methods):
-        print(f"not trained again (a kept parent has them; --repeat to train them here): "
-              f"{args.seeds * len(targets) * len(methods) - len(plan)} runs", flush=True)
+    skipped = args.seeds * len(targets) * len(methods) - len(plan)
+    if skipped:
+        print(f"not trained again (a kept parent has them; --repeat to train them here): {skipped} runs", flush=True)
     runs = []
     for seed, weight_target, act_target, method in plan:
         allocator = {"signal": method, "seed": seed} if method != "lba" else None
@@ -111,8 +111,6 @@ def main(argv: list[str] | None = None) -> None:
         write_report(args, profile, device, targets, methods, parent, runs, earlier, len(plan))
     write_report(args, profile, device, targets, methods, parent, runs, earlier, len(plan))
     print(Path(args.report).read_text())
-    if args.figure != "none":
-        draw(earlier + runs, profile, Path(args.figure), Path(args.report))
 
 
 def draw(every: list[dict], profile, path: Path, report: Path) -> None:
@@ -120,12 +118,12 @@ def draw(every: list[dict], profile, path: Path, report: Path) -> None:
     as error bars, the paper's points hollow."""
     from dambq import plots
     from dambq.workbook import PAPER_RESNET20_CIFAR10
-    rows = [{"method": r["method"], "target": r["target"], "seed": r["seed"], "top1": r["top1"],
-             "weight_bits": r["weight_avg"], "act_bits": r["act_avg"]} for r in every]
+    rows = [frontier_row(r) for r in every]
     fig = plots.allocation_frontier(rows, reference=PAPER_RESNET20_CIFAR10,
                                     title=f"Top-1 vs weight bits per allocation method ({profile.name} profile, "
                                           f"{len(rows)} runs, {report.name})")
     print(f"figure: {plots.save(fig, path.stem, path.parent)}")
+    plots.plt.close(fig)  # redrawn after every run
 
 
 def write_report(args, profile, device, targets, methods, parent: str, runs: list[dict],
@@ -167,6 +165,8 @@ def write_report(args, profile, device, targets, methods, parent: str, runs: lis
     lines += ["", f"Every run ({len(parents)} parent{'s' if len(parents) != 1 else ''}):", ""] + frontier_run_lines(every)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text("\n".join(lines) + "\n")
+    if args.figure != "none":  # with the report, so a frontier stopped part-way leaves the two agreeing
+        draw(every, profile, Path(args.figure), Path(args.report))
 
 
 if __name__ == "__main__":

@@ -149,11 +149,16 @@ def frontier_rows(runs_dir: str | Path, report: str | Path | None = None, profil
                      "seed": s.get("seed", 0), "parent": parent, "top1": s["top1"], "weight_bits": s["weight_avg"],
                      "act_bits": s["act_avg"]})
     if report is not None and Path(report).exists():
-        rows += [{"method": r["method"], "target": r["target"], "seed": r["seed"], "parent": r["parent"],
-                  "top1": r["top1"], "weight_bits": r["weight_avg"], "act_bits": r["act_avg"]}
-                 for r in read_frontier_runs(report) if (r["parent"] != parent or not rows)
+        rows += [frontier_row(r) for r in read_frontier_runs(report) if (r["parent"] != parent or not rows)
                  and (profile is None or r["profile"] == profile)]
     return rows
+
+
+def frontier_row(run: dict) -> dict:
+    """A run of an allocation-frontier report (`dambq.report.read_frontier_runs`) as the frontier
+    figure and verdict take it (`plots.allocation_frontier`, `frontier_verdict`)."""
+    return {"method": run["method"], "target": run["target"], "seed": run["seed"], "parent": run["parent"],
+            "top1": run["top1"], "weight_bits": run["weight_avg"], "act_bits": run["act_avg"]}
 
 
 def frontier_verdict(rows: list[dict], against: str = "lba") -> list[str]:
