@@ -89,8 +89,19 @@ def set_batchnorm(model: nn.Module, images: torch.Tensor) -> None:
 
 @torch.no_grad()
 def relative_error(reference: torch.Tensor, quantized: nn.Module, images: torch.Tensor) -> float:
+    """||y_q - y|| / ||y|| over all of `images` at once (the zoo's error measure)."""
+    return relative_errors(reference, quantized, images)[0]
+
+
+@torch.no_grad()
+def relative_errors(reference: torch.Tensor, quantized: nn.Module, images: torch.Tensor) -> tuple[float, float]:
+    """(||y_q - y|| / ||y|| over all images, the median over images of each image's own relative
+    error). Why both: the first weighs images by the size of their outputs, so a network whose
+    outputs for a few images are hundreds of times the median's (efficientnet_b0 after 300 steps,
+    results/calibration-spread.md) is measured on those few; the median is the typical image."""
     out = torch.cat([quantized(b) for b in images.split(8)])
-    return float((out - reference).norm() / reference.norm())
+    flat, ref = (out - reference).flatten(1), reference.flatten(1)
+    return float(flat.norm() / ref.norm()), float((flat.norm(dim=1) / ref.norm(dim=1)).median())
 
 
 @torch.no_grad()
@@ -121,29 +132,48 @@ def train_cifar(name: str, data, steps: int, seed: int = 0) -> tuple[nn.Module, 
 
     Raises:
         RuntimeError: the weights became non-finite."""
+    *_, (_, model, sets) = train_cifar_marks(name, data, (steps,), seed)
+    return model, sets
+
+
+def train_cifar_marks(name: str, data, marks: tuple[int, ...], seed: int = 0):
+    """One training run of `train_cifar`, yielding (steps, model, sets) at each of the ascending
+    step counts `marks`: each is what `train_cifar(name, data, steps, seed)` returns (the same
+    weights and calibration images; a test checks it), so one run measures a network at several
+    stages of training. The model trains on after each yield: copy it to keep it.
+
+    Raises:
+        RuntimeError: the weights became non-finite by a mark."""
     from dambq.batches import normalize
+    if list(marks) != sorted(set(marks)) or not marks or marks[0] < 0:
+        raise ValueError(f"marks must be ascending step counts, got {marks}")
     torch.manual_seed(seed)
     model = build_cifar(name)
     train_x, train_y = normalize(data.train_images), data.train_labels
     test_x, test_y = normalize(data.test_images), data.test_labels
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(seed)
-    started = time.perf_counter()
-    model.train()
-    for _ in range(steps):
-        pick = torch.randint(0, len(train_x), (128,), generator=gen)
-        loss = F.cross_entropy(model(train_x[pick]), train_y[pick])
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-    model.eval()
-    trained = time.perf_counter() - started
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise RuntimeError(f"{name} diverged in its {steps} training steps (non-finite weights)")
-    order = torch.randperm(len(train_x), generator=gen)
-    return model, {"train_x": train_x, "test_x": test_x, "test_y": test_y, "calibration": train_x[order[:256]],
-                   "calibration_large": train_x[order[:LARGE_CALIBRATION]], "seconds": trained}
+    trained, done = 0.0, 0  # seconds of training alone (not what the consumer does between marks)
+    for mark in marks:
+        started = time.perf_counter()
+        model.train()
+        for _ in range(mark - done):
+            pick = torch.randint(0, len(train_x), (128,), generator=gen)
+            loss = F.cross_entropy(model(train_x[pick]), train_y[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+        done = mark
+        model.eval()
+        trained += time.perf_counter() - started
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise RuntimeError(f"{name} diverged in its {mark} training steps (non-finite weights)")
+        # the calibration draw of a run that stopped here: from a copy, so training goes on unchanged
+        order = torch.randperm(len(train_x), generator=torch.Generator().set_state(gen.get_state()))
+        yield mark, model, {"train_x": train_x, "test_x": test_x, "test_y": test_y,
+                            "calibration": train_x[order[:256]],
+                            "calibration_large": train_x[order[:LARGE_CALIBRATION]], "seconds": trained}
 
 
 def cifar_row(name: str, data, steps: int, seed: int = 0) -> dict:

@@ -159,15 +159,22 @@ def test_calibration_spread_measures_each_range_kind_it_names():
         assert r[PER_LAYER] != r["A8 error"] and r[PER_LAYER] > 0
 
 
-def test_calibration_spread_attribution_names_the_inputs_that_err_and_restores_the_model():
+def _calibrated_silu_net() -> tuple[torch.Tensor, torch.nn.Module, torch.Tensor]:
+    """(float outputs, an A8 copy calibrated on half the images, the images) of `_tiny_silu_net`."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from calibration_spread import attribute
-    from model_zoo import quantized_copy, relative_error
+    from model_zoo import quantized_copy
     model = _tiny_silu_net()
     images = torch.randn(64, 3, 12, 12)
     with torch.no_grad():
-        reference = model(images)
-        q = quantized_copy(model, images[:32], weight_bits=None, act_bits=8, keep_8bit=None)
+        return model(images), quantized_copy(model, images[:32], weight_bits=None, act_bits=8, keep_8bit=None), images
+
+
+def test_calibration_spread_attribution_names_the_inputs_that_err_and_restores_the_model():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from calibration_spread import attribute
+    from model_zoo import relative_error
+    reference, q, images = _calibrated_silu_net()
+    with torch.no_grad():
         before = relative_error(reference, q, images)
         result = attribute(q, reference, images, top=2)
         assert relative_error(reference, q, images) == before  # every quantizer put back
@@ -175,6 +182,48 @@ def test_calibration_spread_attribution_names_the_inputs_that_err_and_restores_t
     assert len(errors) == 2 and errors == sorted(errors, reverse=True) and errors[0] > 0
     assert {name for _, name, _ in result["alone"]} <= {"0", "2", "5"}
     assert result["without top"] < before
+
+
+def test_training_marks_give_what_separate_shorter_runs_give():
+    """One run measured at several step counts (calibration_spread --cifar-steps 300,2000) sees at each
+    mark the very weights and calibration images a separate run of that many steps ends with."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from model_zoo import train_cifar, train_cifar_marks
+
+    from dambq.data import make_synthetic
+    data = make_synthetic(num_train=192, num_test=32)
+    marked = {mark: ({k: v.clone() for k, v in model.state_dict().items()}, sets["calibration_large"].clone())
+              for mark, model, sets in train_cifar_marks("tiny_vit", data, (1, 3))}
+    assert sorted(marked) == [1, 3]
+    for steps in (1, 3):
+        model, sets = train_cifar("tiny_vit", data, steps)
+        weights, calibration = marked[steps]
+        assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+        assert torch.equal(calibration, sets["calibration_large"])
+    assert not torch.equal(marked[1][0]["head.weight"], marked[3][0]["head.weight"])
+    with pytest.raises(ValueError, match="ascending"):
+        next(train_cifar_marks("tiny_vit", data, (3, 1)))
+
+
+def test_uniform_noise_stands_in_for_rounding_and_the_quantizers_come_back():
+    """noise_error perturbs every quantized input by up to half a step (ReLU zeros of an unsigned input
+    untouched), errs by about as much as the rounding it replaces, and leaves the model as it was."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from calibration_spread import _UniformNoise, noise_error
+    from model_zoo import relative_error
+
+    from dambq.quantizers import UniformAct
+    reference, q, images = _calibrated_silu_net()
+    with torch.no_grad():
+        rounded = relative_error(reference, q, images)
+        noisy = noise_error(q, reference, images)
+        assert relative_error(reference, q, images) == rounded  # every quantizer put back
+    assert 0 < noisy and 0.5 < noisy / rounded < 2  # uniform noise of a step errs like rounding does
+    unsigned = UniformAct(1, bits=2)
+    unsigned.act_clip.data.fill_(3.0)  # step 1
+    x = torch.tensor([0.0, 0.4, 2.0, 2.9])
+    y = _UniformNoise(unsigned, torch.Generator().manual_seed(0))(x)
+    assert y[0] == 0 and ((y - x).abs() <= 0.5).all() and (y != x)[1:].all()
 
 
 def test_step_speed_report_names_fits_defaults_for_float_and_quantized(tmp_path, monkeypatch):
