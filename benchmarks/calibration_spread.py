@@ -5,10 +5,10 @@
     python benchmarks/calibration_spread.py --cifar-steps 300,2000   # one training run, measured at both
 
 Each network is trained exactly as in part 2 of benchmarks/model_zoo.py (same seed, subsets,
-300 steps), converted with float weights, every input at 8 bits and a range per input channel
+300 steps unless --cifar-steps names others), converted with float weights, every input at 8 bits and a range per input channel
 (act_range="channel": each channel's min / max over its calibration images, see
 `dambq.calibrate.MINMAX_BITS`), and calibrated on random training images drawn with several
-seeds and in two sizes; the relative output error ||y_q - y|| / ||y|| is measured on the same
+seeds and in the sizes --sizes names; the relative output error ||y_q - y|| / ||y|| is measured on the same
 1000 test images. Each calibration is also measured with every range widened by a quarter of its
 span on both sides: if clipping of test values outside the calibrated ranges made the error,
 widening would lower it; if rounding within the ranges did, it raises it. Each calibration is
