@@ -190,6 +190,7 @@ def cifar_row(name: str, data, steps: int, seed: int = 0) -> dict:
     a8_channel = quantized_copy(model, large, weight_bits=None, act_bits=8, keep_8bit=None, act_range="channel")
     with torch.no_grad():
         w4a4_out = torch.cat([w4a4(b) for b in test_x.split(64)])
+    channel_all, channel_median = relative_errors(reference, a8_channel, test_x)
     return {
         "model": name,
         "float top-1 (%)": 100 * float((reference.argmax(1) == test_y).float().mean()),
@@ -197,7 +198,8 @@ def cifar_row(name: str, data, steps: int, seed: int = 0) -> dict:
         "A8 error": relative_error(reference, a8, test_x),
         "W4A4 error": float((w4a4_out - reference).norm() / reference.norm()),
         f"A8 error, {len(large)} images": relative_error(reference, a8_large, test_x),
-        f"A8 error, ranges per channel, {len(large)} images": relative_error(reference, a8_channel, test_x),
+        f"A8 error, ranges per channel, {len(large)} images": channel_all,
+        "the same, median image's error": channel_median,
         "training seconds": round(trained, 1),
     }
 
@@ -222,6 +224,8 @@ def zoo_row(name: str, seed: int = 0) -> dict:
     started = time.perf_counter()
     a8_unsigned = quantized_copy(model, calibration, weight_bits=None, act_bits=8, keep_8bit=None, act_signed=False)
     a8 = quantized_copy(model, calibration, weight_bits=None, act_bits=8, keep_8bit=None)
+    a8_channel = quantized_copy(model, calibration, weight_bits=None, act_bits=8, keep_8bit=None,
+                                act_range="channel")
     w4a4 = quantized_copy(model, calibration, weight_bits=4, act_bits=4)
     report = conversion_report(w4a4)
     float_left = [r for r in report if r["status"] == "float" and not r["reason"].startswith("normalisation")]
@@ -238,6 +242,7 @@ def zoo_row(name: str, seed: int = 0) -> dict:
         "signed inputs": f"{len(signed)} / {len(inputs)}",
         "A8 error, unsigned only": relative_error(reference, a8_unsigned, test),
         "A8 error": relative_error(reference, a8, test),
+        "A8 error, ranges per channel": relative_error(reference, a8_channel, test),
         "W4A4 error": relative_error(reference, w4a4, test),
         "input rounding alone": input_only,
         "seconds": round(time.perf_counter() - started, 1),
@@ -356,8 +361,10 @@ def main() -> None:
         means.append({"activation": activation, **{k: sum(r[k] for r in rs) / len(rs)
                                                    for k in ("float", "unsigned", "symmetric", "asymmetric (auto)",
                                                              "A8 error")}})
-    errors = ("A8 error, unsigned only", "A8 error", "W4A4 error", "input rounding alone")
+    errors = ("A8 error, unsigned only", "A8 error", "A8 error, ranges per channel", "W4A4 error",
+              "input rounding alone")
     cifar_channel_key = f"A8 error, ranges per channel, {LARGE_CALIBRATION} images"
+    median_key = "the same, median image's error"
     def worst(rows: list[dict], key: str) -> str:  # a dead network's 0/0 = NaN is no quantization error
         finite = [(r[key], r["model"]) for r in rows if math.isfinite(r[key])]
         return "%.3f (%s)" % max(finite) if finite else "-"
@@ -375,27 +382,34 @@ def main() -> None:
         "dambq before signed inputs (negative inputs became 0). W4A4: the default conversion (first conv and "
         "last linear at 8 bits). Random-weight networks are harder to quantize than trained ones (no "
         "structure in the weights), so the W4A4 column is an upper bound of sorts, not a trained model's error. "
+        "*ranges per channel*: A8 with convert's act_range='channel' (each input channel's min / max over the "
+        "16 calibration images: few values per channel, so a range can miss what test images reach). "
         "*input rounding alone*: the error from rounding only the network's input to 8 bits (its calibration "
         "range), which any 8-bit scheme pays: a random network that amplifies it tenfold cannot reach a small "
         "A8 error whatever its quantizers do.",
         "", *markdown(zoo, floats=errors), "",
-        f"Largest A8 error with signed inputs: {worst(zoo, 'A8 error')} (target <= 0.05).", "",
+        f"Largest A8 error with signed inputs: {worst(zoo, 'A8 error')}; with ranges per channel "
+        f"{worst(zoo, 'A8 error, ranges per channel')}; input rounding alone up to "
+        f"{worst(zoo, 'input rounding alone')} (target <= 0.05).", "",
         *([f"## The same networks trained {args.cifar_steps} steps on CIFAR-10 (32x32, real images)", "",
            f"Each trained from random weights for {args.cifar_steps} SGD steps of 128 images (lr 0.02, gradient "
            "norm clipped at 5; a class-balanced "
            "20000-image training subset; no augmentation): short of a finished training, but with learned "
            "structure. Errors as above on 1000 real test images (100 per class), right after calibration on "
            "256 training images; top-1 on the same images. vit_b_16 is left out (hours on 2 cores at this size); "
-           "tiny_vit is the attention model here. The last two columns calibrate on "
+           "tiny_vit is the attention model here. The last three error columns calibrate on "
            f"{LARGE_CALIBRATION} training images instead, with one range per layer (as before) and with a range "
            "per input channel (convert's act_range='channel'; at 8 bits each channel's min / max over those "
            "images, `dambq.calibrate.MINMAX_BITS`: an MSE fit on a few thousand values per channel clipped what its "
-           "sample missed and measured worse than one range per layer here).", "",
+           "sample missed and measured worse than one range per layer here). "
+           "*the same, median image's error*: that last quantized copy measured per image (each test image's own relative error, the median over "
+           "images; `relative_errors`): the columns before weigh images by the size of their outputs, so a "
+           "network with a few huge outputs is measured on those few.", "",
            *markdown(cifar, floats=tuple(k for k in cifar[0] if "error" in k)), "",
            f"Largest A8 error, trained networks: {worst(cifar, 'A8 error')} with one range per layer "
            f"and 256 images; with ranges per channel on {LARGE_CALIBRATION} images "
-           f"{worst(cifar, cifar_channel_key)} (target <= 0.05; a network whose outputs are all 0 gives NaN and "
-           "is left out).", ""]
+           f"{worst(cifar, cifar_channel_key)}, for the median image {worst(cifar, median_key)} "
+           "(target <= 0.05; a network whose outputs are all 0 gives NaN and is left out).", ""]
           if cifar else []),
         "## Digits CNNs (real data: scikit-learn's 8x8 digits, 1200 train / 597 test)", "",
         "Four convolutions with BatchNorm, trained 15 epochs with Adam; top-1 (%) of the float model and of W4A4 "

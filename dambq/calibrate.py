@@ -26,8 +26,8 @@ the calibration images, not the MSE-optimal range of its sample. Why: the MSE fi
 few thousand values per channel (`per_channel_minimum`); at 8 bits rounding costs little,
 so the clip it picks mostly cuts the rare large values the sample missed. Trained regnet_y_400mf
 and efficientnet_b0 got a larger A8 error with MSE ranges per channel than with one range per
-layer; with min / max per channel regnet falls under 0.05 (results/model-zoo.md, `python
-benchmarks/model_zoo.py`). One range per layer keeps MSE: its sample holds up to
+layer; with min / max per channel both came down (regnet 0.169 -> 0.069 on 4000 images in
+results/model-zoo.md, `python benchmarks/model_zoo.py`). One range per layer keeps MSE: its sample holds up to
 `sample_per_layer` values, and there the two measured alike or MSE better."""
 
 
