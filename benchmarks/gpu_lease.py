@@ -14,7 +14,8 @@ Steps, each given a share of the minutes left (by WEIGHTS, among the steps not s
 allowed to fail without stopping the rest:
   (a) the CUDA-marked tests (pytest -m cuda);
   (b) benchmarks/step_profile.py: operator calls, kernel launches and kernel time of a float and
-      a W4A4 + tracking step, eager, compiled and compiled with CUDA graphs (reduce-overhead);
+      a W4A4 + tracking step, eager, the eager step as CUDA graphs (cuda-graphs, dambq.graphs),
+      compiled, and compiled with inductor's CUDA graphs (reduce-overhead);
   (c) notebooks 01-04 under the smoke profile through papermill on the device (skipped, and said
       so, when papermill is missing: carry the wheels of benchmarks/device_wheels.sh);
   (d) benchmarks/epoch_time.py: float / W4A4 / W4A4 + allocation at batch 512, compiled in
@@ -122,9 +123,10 @@ def main() -> None:
     parser.add_argument("--results", default=None, help="results file (default results/gpu.md; dry run: in --work)")
     parser.add_argument("--work", default=None, help="folder for step logs (default runs/lease)")
     parser.add_argument("--bundle", default=None, help="pack results, logs and checkpoints into this .tar.gz")
-    parser.add_argument("--compile-modes", default="reduce-overhead",
-                        help="torch.compile modes of the epoch-time step, e.g. default,reduce-overhead (CUDA "
-                             "graphs; each adds three compilations); its eager rows come with --epoch-eager")
+    parser.add_argument("--compile-modes", default="cuda-graphs,reduce-overhead",
+                        help="engine modes of the epoch-time step: cuda-graphs (the eager step captured, "
+                             "dambq.graphs; seconds), torch.compile modes such as reduce-overhead or default "
+                             "(each adds three compilations); its eager rows come with --epoch-eager")
     parser.add_argument("--epoch-eager", action="store_true",
                         help="also time eager epochs (results/gpu-lease-1.md has eager and default-compiled ones)")
     parser.add_argument("--skip", default="", help="comma list of steps to leave out: " + ", ".join(WEIGHTS))
@@ -171,9 +173,9 @@ def main() -> None:
     profile = [python, "benchmarks/step_profile.py", "--device", device, "--out", str(profile_md),
                "--json", str(profile_json)]
     # rows are kept as they finish, so CUDA graphs go before default compilation (which the first
-    # lease already timed through whole epochs)
+    # lease already timed through whole epochs); the eager step's graphs first: no compilation
     profile += (["--batch", "16", "--steps", "1", "--modes", "eager"] if args.dry_run else
-                ["--batch", "512", "--steps", "5", "--modes", "eager,reduce-overhead,default"])
+                ["--batch", "512", "--steps", "5", "--modes", "eager,cuda-graphs,reduce-overhead,default"])
     step("step-profile", profile, left("step-profile"))
     notebooks = [python, "-m", "dambq.workbook", "--profile", "smoke", "--device", device,
                  "--runs-dir", str(work / "smoke-runs"), "--out", str(work / "smoke-notebooks"),

@@ -24,7 +24,7 @@ import torch
 import dambq
 from dambq.models import build_model
 from dambq.pipeline import device_name
-from dambq.train import engine_settings, precision_label, train_step
+from dambq.train import engine_settings, precision_label, step_function, train_step
 
 WARMUP = 3  # untimed steps per configuration; the first one includes compilation
 
@@ -40,7 +40,7 @@ def make_step(quantized: bool, amp: bool, compile: bool, batch: int, device: tor
     model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     allocator = dambq.BitAllocator(model, 2.0, 2.0) if quantized else None
-    step_fn = torch.compile(model, mode=compile_mode) if compile else model
+    step_fn = step_function(model, compile, compile_mode)
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,), device=device)
 

@@ -402,6 +402,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
                "quantization": stage_quantization(stage, profile),
                "precision": history[-1]["precision"] if history else "fp32",
                "compiled": history[-1]["compiled"] if history else False,
+               **({"compile_mode": history[-1]["compile_mode"]} if history and "compile_mode" in history[-1] else {}),
                "epochs": cfg.epochs, "epochs_done": len(history), "finished": len(history) >= cfg.epochs,
                "top1": final["top1"], "test_loss": final["loss"], **best_epoch(history),
                "minutes": (setup_seconds + sum(r["seconds"] for r in history)) / 60,
@@ -523,7 +524,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="bf16 autocast (auto: where the device has fast bf16)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="torch.compile inside fit (auto: CUDA, and CPUs with fast bf16)")
-    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead; or cuda-graphs: the eager step as CUDA graphs "
+                             "(dambq.graphs; with --compile on)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="minutes; no epoch starts that would end later (rerun to resume)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")

@@ -27,6 +27,7 @@ from torch import nn
 from .convert import average_bits, is_quantized
 from .batches import batches, steps_per_epoch
 from .data import Cifar10
+from .graphs import MODE as GRAPHS_MODE, GraphedForward
 from .folders import FolderData
 from .profiles import StageConfig
 
@@ -239,6 +240,21 @@ class Distillation(nn.Module):
         return (1 - self.weight) * F.cross_entropy(logits.float(), y) + self.weight * kl
 
 
+def step_function(model: nn.Module, compile: bool, mode: str | None = None):
+    """What a training step calls: the model itself, torch.compile(model, mode=mode), or, for
+    mode "cuda-graphs", the eager model's forward and backward replayed as CUDA graphs
+    (`dambq.graphs.GraphedForward`: the eager quantized step is bound by launching ~2,200
+    operators on a GPU, results/gpu-lease-1.md). fit and the step benchmarks build it here.
+
+    Raises:
+        ValueError: mode "cuda-graphs" for a model that is not on a CUDA device."""
+    if not compile:
+        return model
+    if mode == GRAPHS_MODE:
+        return GraphedForward(model)
+    return torch.compile(model, mode=mode)
+
+
 def train_step(step_fn, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, allocator=None,
                amp: bool = False, loss_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step as `fit` takes it (benchmarks/step_speed.py times this same function).
@@ -323,7 +339,9 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         amp, compile, channels_last: None takes this device's default (`engine_settings`):
             bf16 autocast and torch.compile where a benchmark showed they pay. Evaluation
             is always eager float32, so it is batch-independent.
-        compile_mode: passed to torch.compile (e.g. "reduce-overhead" for CUDA graphs).
+        compile_mode: passed to torch.compile (e.g. "reduce-overhead" for inductor's CUDA graphs),
+            or "cuda-graphs": no torch.compile, the eager forward and backward captured as CUDA
+            graphs (`dambq.graphs`; CUDA only, one process).
         deadline: a `time.time()` value; no epoch is started that the previous epoch's
             duration says would end after it (the checkpoint keeps what was done, so a
             later call resumes). Used to fit the paper profile into a GPU lease.
@@ -365,7 +383,9 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
     if world_size > 1:  # gradients all-reduced by DDP; buffers (BatchNorm, quantizer EMAs) follow rank 0
         from torch.nn.parallel import DistributedDataParallel
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_fn = torch.compile(step_model, mode=compile_mode) if settings["compile"] else step_model
+    if settings["compile"] and compile_mode == GRAPHS_MODE and world_size > 1:
+        raise ValueError("compile_mode='cuda-graphs' runs one process; under torchrun use torch.compile or eager")
+    step_fn = step_function(step_model, settings["compile"], compile_mode)
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device=device, memory_format=memory_format)
     if not streamed:  # resident: the uint8 set moves to the device once
@@ -407,6 +427,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
                     dist.broadcast(buffer, 0)
         record = {"stage": stage, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                   "precision": precision_label(amp), "compiled": settings["compile"],
+                  **({"compile_mode": compile_mode} if settings["compile"] and compile_mode else {}),
                   "world_size": world_size,
                   "train_loss": float(loss_sum) / float(seen), "train_top1": 100.0 * float(correct) / float(seen)}
         if allocator is not None:
