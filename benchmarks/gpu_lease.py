@@ -164,8 +164,8 @@ def main() -> None:
         else:
             steps.append(run_step(name, command, seconds, work, env))
 
-    # (a) CUDA tests, then the notebooks on the device under the smoke profile
-    step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], left("cuda-tests"))
+    # (a) CUDA tests (-v: one line per finished test, so a step cut off by its limit still says which passed)
+    step("cuda-tests", [python, "-m", "pytest", "-v", "-m", "cuda", "tests/test_cuda.py"], left("cuda-tests"))
     # where the step's time goes: operator calls, kernel launches and kernel time per step
     profile_md = work / "step-profile.md"
     profile_json = work / "step-profile.json"

@@ -2,7 +2,9 @@
 compiled LBA sums equal to eager, batch-independent fp32 evaluation.
 
 Marked `cuda`: they skip on machines without a GPU (CI) and are what
-benchmarks/gpu_lease.py runs first on a lent GPU (`pytest -m cuda`)."""
+benchmarks/gpu_lease.py runs first on a lent GPU (`pytest -m cuda`). Ordered so that the
+tests without torch.compile come first: inductor takes about a minute per ResNet20 graph on
+a GPU, and the first lease's test step was killed before any test had reported."""
 import pytest
 import torch
 
@@ -20,48 +22,6 @@ CUDA = torch.device("cuda")
 def quantized_resnet20():
     torch.manual_seed(0)
     return dambq.convert(build_model("resnet20")).to(CUDA, memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize("compile", [None, True])
-def test_fit_on_cuda_trains_in_bf16_eager_by_default_and_compiled_on_request(compile):
-    # eager by default: default-mode compilation made epochs slower on an H200 (results/gpu-lease-1.md)
-    history = fit(quantized_resnet20(), make_synthetic(512, 256), StageConfig(epochs=2, lr=0.05, batch_size=128),
-                  device="cuda", allocator=None, progress=False, compile=compile)
-    assert history[-1]["precision"] == "bf16 autocast" and history[-1]["compiled"] is bool(compile)
-    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
-
-
-@pytest.mark.parametrize("compile,mode", [(False, None), (True, None), (True, "cuda-graphs")])
-def test_training_step_never_synchronises_with_the_host(compile, mode):
-    model = quantized_resnet20()
-    allocator = dambq.BitAllocator(model, 2.0, 2.0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    step_fn = step_function(model, compile, mode)
-    x = torch.randn(64, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (64,), device=CUDA)
-    train_step(step_fn, x, y, optimizer, allocator, amp=True)  # warm-up: compilation may sync
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(2):
-            train_step(step_fn, x, y, optimizer, allocator, amp=True)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-
-
-def test_compiled_sensitivity_sums_equal_eager_on_cuda():
-    sums = []
-    for compile in (False, True):
-        model = quantized_resnet20()
-        allocator = dambq.BitAllocator(model, 2.0, 2.0)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        step_fn = torch.compile(model) if compile else model
-        torch.manual_seed(1)
-        x = torch.randn(64, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (64,), device=CUDA)
-        train_step(step_fn, x, y, optimizer, allocator, amp=False)
-        sums.append(torch.cat([t for kind in allocator.kinds for t in kind.sums]))
-    assert torch.allclose(sums[0], sums[1], rtol=1e-3, atol=1e-7)
 
 
 def test_evaluation_is_fp32_and_batch_independent_on_cuda():
@@ -107,3 +67,45 @@ def test_fit_trains_with_cuda_graphs_and_lands_on_the_target():
     assert history[-1]["compile_mode"] == "cuda-graphs"
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
     assert dambq.average_bits(model) == pytest.approx((3.0, 3.0), abs=1e-3)
+
+
+@pytest.mark.parametrize("compile,mode", [(False, None), (True, "cuda-graphs"), (True, None)])
+def test_training_step_never_synchronises_with_the_host(compile, mode):
+    model = quantized_resnet20()
+    allocator = dambq.BitAllocator(model, 2.0, 2.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step_fn = step_function(model, compile, mode)
+    x = torch.randn(64, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,), device=CUDA)
+    train_step(step_fn, x, y, optimizer, allocator, amp=True)  # warm-up: compilation may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            train_step(step_fn, x, y, optimizer, allocator, amp=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("compile", [None, True])
+def test_fit_on_cuda_trains_in_bf16_eager_by_default_and_compiled_on_request(compile):
+    # eager by default: default-mode compilation made epochs slower on an H200 (results/gpu-lease-1.md)
+    history = fit(quantized_resnet20(), make_synthetic(512, 256), StageConfig(epochs=2, lr=0.05, batch_size=128),
+                  device="cuda", allocator=None, progress=False, compile=compile)
+    assert history[-1]["precision"] == "bf16 autocast" and history[-1]["compiled"] is bool(compile)
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
+
+
+def test_compiled_sensitivity_sums_equal_eager_on_cuda():
+    sums = []
+    for compile in (False, True):
+        model = quantized_resnet20()
+        allocator = dambq.BitAllocator(model, 2.0, 2.0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        step_fn = torch.compile(model) if compile else model
+        torch.manual_seed(1)
+        x = torch.randn(64, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (64,), device=CUDA)
+        train_step(step_fn, x, y, optimizer, allocator, amp=False)
+        sums.append(torch.cat([t for kind in allocator.kinds for t in kind.sums]))
+    assert torch.allclose(sums[0], sums[1], rtol=1e-3, atol=1e-7)
