@@ -69,6 +69,10 @@ def write_table(rows: list[dict], args, device: torch.device, data, load_seconds
         "|---|---|---|---|---|---|---|" + ("---|" if memory else ""),
     ]
     for row in rows:
+        if "failed" in row:
+            lines.append(f"| {row['name']} | - | {row['compiled']} | failed: {row['failed'].replace('|', '/')} |"
+                         + " - |" * (3 + bool(memory)))
+            continue
         name = row["name"] + (f" (ends at {row['bits']})" if "bits" in row else "")
         lines.append(f"| {name} | {row['precision']} | {row['compiled']} | {row['first']:.2f} | {row['epoch']:.2f} | "
                      f"{row['images_per_s']:.0f} | {row['top1']:.2f}"
@@ -76,6 +80,8 @@ def write_table(rows: list[dict], args, device: torch.device, data, load_seconds
     lines.append("")
     for i in range(0, len(rows) - len(rows) % 3, 3):  # complete groups only
         group = rows[i:i + 3]
+        if any("failed" in row for row in group):
+            continue
         lines.append(f"{group[0]['compiled']}: quantized / float epoch time W4A4 {group[1]['epoch'] / group[0]['epoch']:.2f}x, "
                      f"W4A4 + allocation {group[2]['epoch'] / group[0]['epoch']:.2f}x; the paper profile's 900 "
                      f"quantized-or-float epochs (3 x 300) at the W4A4 + allocation speed: about "
@@ -120,7 +126,11 @@ def main() -> None:
             model = build_model("resnet20")
             model.load_state_dict(start)
             model = dambq.convert(model, inplace=True) if quantized else model
-            rows.append(time_epochs(name, model, data, cfg, device, allocate, compile, mode))
+            try:  # a mode that fails (a capture that syncs, a compiler error) is a row, not the end of the run
+                rows.append(time_epochs(name, model, data, cfg, device, allocate, compile, mode))
+            except Exception as error:  # noqa: BLE001 - reported in the table and the log
+                rows.append({"name": name, "compiled": (mode or "default") if compile else "eager",
+                             "failed": f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"})
             print(rows[-1], flush=True)
             write_table(rows, args, device, data, load_seconds)
     print(write_table(rows, args, device, data, load_seconds))

@@ -88,7 +88,7 @@ def fastest_engine(profile_json: Path) -> list[str]:
     stages are where the paper profile's minutes go."""
     if not profile_json.exists():
         return []
-    rows = [r for r in json.loads(profile_json.read_text()) if r["model"] != "float"]
+    rows = [r for r in json.loads(profile_json.read_text()) if r["model"] != "float" and "failed" not in r]
     if not rows:
         return []
     mode = min(rows, key=lambda r: r["wall_ms"])["mode"]

@@ -97,15 +97,20 @@ def main() -> None:
                   f"{args.steps} profiled steps after {WARMUP} unprofiled ones.", ""]
     for mode in modes:
         for quantized in (False, True):
-            step = make_step(quantized, amp, mode != "eager", args.batch, device,
-                             compile_mode=None if mode in ("eager", "default") else mode)
-            for _ in range(WARMUP):
-                step()
-            skips_before = _cudagraph_skips()
-            row = {"model": "W4A4 + tracking" if quantized else "float", "mode": mode,
-                   **profile_steps(step, args.steps, device)}
-            if mode == "reduce-overhead":
-                row["graphs skipped"] = _cudagraph_skips() - skips_before
+            row = {"model": "W4A4 + tracking" if quantized else "float", "mode": mode}
+            try:  # a mode that fails (a capture that syncs, a compiler error) is a row, not the end of the run
+                step = make_step(quantized, amp, mode != "eager", args.batch, device,
+                                 compile_mode=None if mode in ("eager", "default") else mode)
+                for _ in range(WARMUP):
+                    step()
+                skips_before = _cudagraph_skips()
+                row.update(profile_steps(step, args.steps, device))
+                if mode == "reduce-overhead":
+                    row["graphs skipped"] = _cudagraph_skips() - skips_before
+            except Exception as error:  # noqa: BLE001 - reported in the table and the log
+                row["failed"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
             rows.append(row)
             print({k: v for k, v in row.items() if k != "top"}, flush=True)
             write(args.out, lines_head, rows)
@@ -125,11 +130,14 @@ def write(out: str, head: list[str], rows: list[dict]) -> None:
     lines = head + ["| model | mode | wall ms / step | operator calls / step | kernels / step | kernel ms / step |",
                     "|---|---|---|---|---|---|"]
     for r in rows:
+        if "failed" in r:
+            lines.append(f"| {r['model']} | {r['mode']} | failed: {r['failed'].replace('|', '/')} | - | - | - |")
+            continue
         kernels = f"{r['kernels']:.0f}" if r["kernels"] is not None else "-"
         kernel_ms = f"{r['kernel_ms']:.2f}" if r["kernel_ms"] is not None else "-"
         mode = r["mode"] + (f" ({r['graphs skipped']} graphs ran without CUDA graphs)" if "graphs skipped" in r else "")
         lines.append(f"| {r['model']} | {mode} | {r['wall_ms']:.2f} | {r['ops']:.0f} | {kernels} | {kernel_ms} |")
-    pairs = {(r["mode"], r["model"]): r for r in rows}
+    pairs = {(r["mode"], r["model"]): r for r in rows if "failed" not in r}
     lines.append("")
     for mode in dict.fromkeys(r["mode"] for r in rows):
         f, q = pairs.get((mode, "float")), pairs.get((mode, "W4A4 + tracking"))
@@ -138,7 +146,7 @@ def write(out: str, head: list[str], rows: list[dict]) -> None:
                          f"operators {q['ops'] / f['ops']:.2f}x"
                          + (f", kernels {q['kernels'] / f['kernels']:.2f}x, kernel time "
                             f"{q['kernel_ms'] / f['kernel_ms']:.2f}x" if f["kernels"] else ""))
-    for r in rows:
+    for r in (r for r in rows if "failed" not in r):
         lines += ["", f"Top {'kernels' if r['kernels'] is not None else 'operators (self CPU time)'}, "
                   f"{r['model']}, {r['mode']} (ms per step):", ""]
         lines += [f"- {ms:.2f} `{name}`" for name, ms in r["top"]]

@@ -95,7 +95,9 @@ class GraphedForward:
     def _capture(self, x: Tensor, key: tuple) -> None:
         """Graph the model on a copy of `x`, then undo what the warm-up passes changed."""
         saved = [(b, b.clone()) for b in self.model.buffers()]
-        self._graphed = self.capture(_Forward(self.model), (x.detach().clone(),), num_warmup_iters=self.warmup)
+        # allow_unused_input: a parameter the forward does not use gets no gradient, as in eager
+        self._graphed = self.capture(_Forward(self.model), (x.detach().clone(),), num_warmup_iters=self.warmup,
+                                     allow_unused_input=True)
         with torch.no_grad():
             for buffer, value in saved:
                 buffer.copy_(value)

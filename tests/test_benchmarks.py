@@ -239,3 +239,43 @@ def test_step_speed_report_names_fits_defaults_for_float_and_quantized(tmp_path,
     line = next(x for x in out.read_text().splitlines() if "defaults on this device" in x)
     assert re.fullmatch(r"`fit`'s defaults on this device \(`dambq\.train\.engine_settings`\): float [^;`]+, "
                         r"(eager|compiled); quantized [^;`]+, (eager|compiled)\.", line), line
+
+
+def test_a_failing_engine_mode_is_a_row_not_the_end_of_the_lease_benchmarks(tmp_path, monkeypatch):
+    # on a lease, a mode that fails (a CUDA-graph capture that meets a host sync, a compiler error)
+    # must leave the other modes' rows, and the paper profile must not pick it
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import epoch_time
+    import gpu_lease
+    import step_profile
+
+    def make_step(quantized, amp, compile, *args, compile_mode=None, **kwargs):
+        if compile:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return lambda: 0.01
+    monkeypatch.setattr(step_profile, "make_step", make_step)
+    monkeypatch.setattr(step_profile, "CUDA_ONLY", ())
+    monkeypatch.setattr(step_profile, "profile_steps", lambda step, steps, device: {
+        "wall_ms": 10.0, "ops": 100.0, "kernels": None, "kernel_ms": None, "top": []})
+    out, rows = tmp_path / "profile.md", tmp_path / "profile.json"
+    monkeypatch.setattr(sys, "argv", ["step_profile.py", "--modes", "cuda-graphs,eager", "--out", str(out),
+                                      "--json", str(rows)])
+    step_profile.main()
+    text = out.read_text()
+    assert "| W4A4 + tracking | cuda-graphs | failed: RuntimeError: operation not permitted" in text, text
+    assert "| W4A4 + tracking | eager | 10.00 |" in text
+    assert gpu_lease.fastest_engine(rows) == ["--compile", "off"]
+
+    def time_epochs(name, model, data, cfg, device, allocate, compile, mode=None):
+        if compile:
+            raise RuntimeError("capture failed")
+        return {"name": name, "first": 1.0, "epoch": 1.0, "images_per_s": 100.0, "top1": 10.0,
+                "precision": "fp32", "compiled": "eager"}
+    monkeypatch.setattr(epoch_time, "time_epochs", time_epochs)
+    out = tmp_path / "epoch.md"
+    monkeypatch.setattr(sys, "argv", ["epoch_time.py", "--device", "cpu", "--source", "synthetic", "--train-limit",
+                                      "64", "--compile", "both", "--compile-modes", "cuda-graphs", "--out", str(out)])
+    epoch_time.main()
+    text = out.read_text()
+    assert "| W4A4 + allocation | - | cuda-graphs | failed: RuntimeError: capture failed |" in text, text
+    assert "eager: quantized / float epoch time" in text and "cuda-graphs: quantized" not in text

@@ -16,13 +16,13 @@ from dambq.data import make_synthetic
 from dambq.train import fit, step_function, train_step
 
 
-def stand_in_capture(module: nn.Module, sample_args: tuple, num_warmup_iters: int = 3):
+def stand_in_capture(module: nn.Module, sample_args: tuple, num_warmup_iters: int = 3, allow_unused_input=False):
     """What make_graphed_callables does to a module's state, without a GPU: warm-up passes with
     uninitialised output gradients (torch uses empty_like), then the module itself."""
     for _ in range(num_warmup_iters):
         out = module(*sample_args)
         params = [p for p in module.parameters() if p.requires_grad]
-        torch.autograd.grad(out, params, grad_outputs=torch.randn_like(out) * 1e3, allow_unused=True)
+        torch.autograd.grad(out, params, grad_outputs=torch.randn_like(out) * 1e3, allow_unused=allow_unused_input)
     return module
 
 
