@@ -78,13 +78,18 @@ def main(argv: list[str] | None = None) -> None:
             parent = run_stage(stage, profile, out, data=data, device=device, progress=False)
     parent = parent_label(parent)
     report = Path(args.report)
+    # kept: runs of other parents, and runs of this very parent (the same label: device and W4A4 top-1) that
+    # an earlier session recorded but whose files are not in this runs folder; a run finished here is read back
     earlier = [] if args.fresh or not report.exists() else [
-        r for r in read_frontier_runs(report) if r["parent"] != parent]
+        r for r in read_frontier_runs(report)
+        if r["parent"] != parent or (not args.repeat and not finished(out / f"{r['file']}.json"))]
     if any(r["profile"] != profile.name for r in earlier):
         raise SystemExit(f"{report} holds runs of profile {earlier[0]['profile']}, not {profile.name}: pass another "
                          "--report, or --fresh to start it over")
     if earlier:
-        print(f"kept from {report}: {len(earlier)} runs from other W4A4 parents", flush=True)
+        same = sum(r["parent"] == parent for r in earlier)
+        print(f"kept from {report}: {len(earlier)} runs ({same} of this same parent, {parent}, whose files are not "
+              "in this runs folder)", flush=True)
     targets = [tuple(float(v) for v in pair.split(",")) for pair in args.targets.split(";")]
     methods = args.methods.split(",")
     kept = set() if args.repeat else {(r["target"], r["method"], r["seed"]) for r in earlier}
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     skipped = args.seeds * len(targets) * len(methods) - len(plan)
     if skipped:
         print(f"not trained again (a kept parent has them; --repeat to train them here): {skipped} runs", flush=True)
-    runs = []
+    runs = []  # this session's runs; `earlier` holds the kept ones
     for seed, weight_target, act_target, method in plan:
         allocator = {"signal": method, "seed": seed} if method != "lba" else None
         name = stage_file("lba", weight_target, act_target, method, seed)
@@ -141,8 +146,9 @@ def write_report(args, profile, device, targets, methods, parent: str, runs: lis
              f"column says where a row spans several); device {device_name(device)}.", "",
              f"Runs finished on this parent ({parent}): {len(runs)} of {planned}"
              + (" (partial: rerun the command to go on; finished runs are read back)" if len(runs) < planned else "")
-             + "." + (f" Kept from earlier sessions' parents (their runs folders are not here): {len(earlier)} runs."
-                      if earlier else ""), ""]
+             + "." + (f" Kept from earlier sessions (their runs folders are not here): {len(earlier)} runs"
+                      + (f", {sum(r['parent'] == parent for r in earlier)} of them from this same parent"
+                         if any(r["parent"] == parent for r in earlier) else "") + "." if earlier else ""), ""]
     if args.figure != "none":
         link = Path(os.path.relpath(args.figure, Path(args.report).parent)).as_posix()  # from the report's folder
         lines += [f"Figure: [{args.figure}]({link}) (these runs, as notebook 03 draws them).", ""]

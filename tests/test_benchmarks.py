@@ -79,7 +79,7 @@ def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "frontier.png").stat().st_size > 10_000  # the report's figure, from the same runs
     text = report.read_text()
-    assert ": 7 of 7. Kept from earlier sessions' parents (their runs folders are not here): 1 runs." in text
+    assert ": 7 of 7. Kept from earlier sessions (their runs folders are not here): 1 runs." in text
     assert "not trained again (a kept parent has them; --repeat to train them here): 1 runs" in done.stdout
     assert "| W2.0A2.0 | lba | 0 | CPU (elsewhere); W4A4 not recorded | 0.01 |" in text
     assert re.search(r"\| W2\.0A2\.0 \| lba \| [\d.]+ \| 0\.01 - [\d.]+ \| 2 \| 2 \|", text)
@@ -95,6 +95,17 @@ def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
     again = subprocess.run(done.args + ["--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert report.read_text() == text  # rewritten from the finished runs alone, the kept run kept
+    # a later session whose parent has the same label (same kind of CPU, same W4A4 top-1) but not this run's files:
+    # the run is kept from the report, not trained again (it used to be dropped from the report and retrained)
+    random_s1 = next(line for line in text.splitlines() if line.startswith("| W2.0A2.0 | random | 1 |"))
+    for path in (tmp_path / "runs").glob("lba-random-W2.0A2.0-s1.*"):
+        path.unlink()
+    third = subprocess.run(done.args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "kept from" in third.stdout and "(1 of this same parent" in third.stdout, third.stdout
+    assert not (tmp_path / "runs" / "lba-random-W2.0A2.0-s1.json").exists()
+    text = report.read_text()
+    assert random_s1 in text and ": 6 of 6. Kept from earlier sessions" in text and "1 of them from this same parent" in text
 
 
 @pytest.mark.slow
