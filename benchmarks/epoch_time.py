@@ -29,6 +29,9 @@ from dambq.pipeline import device_name
 from dambq.profiles import StageConfig
 from dambq.train import fit, resolve_device
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_speed import failure  # noqa: E402  (a sibling script: one way to name a failed mode)
+
 
 def time_epochs(name: str, model: torch.nn.Module, data, cfg: StageConfig, device: torch.device,
                 allocate: bool, compile: bool, compile_mode: str | None = None) -> dict:
@@ -130,7 +133,7 @@ def main() -> None:
                 rows.append(time_epochs(name, model, data, cfg, device, allocate, compile, mode))
             except Exception as error:  # noqa: BLE001 - reported in the table and the log
                 rows.append({"name": name, "compiled": (mode or "default") if compile else "eager",
-                             "failed": f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"})
+                             "failed": failure(error)})
             print(rows[-1], flush=True)
             write_table(rows, args, device, data, load_seconds)
     print(write_table(rows, args, device, data, load_seconds))

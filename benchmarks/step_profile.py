@@ -28,7 +28,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_speed import make_step  # noqa: E402  (a sibling script: the same step, timed the same way)
+from step_speed import failure, make_step  # noqa: E402  (a sibling script: the same step, timed the same way)
 
 from dambq.pipeline import device_name  # noqa: E402
 from dambq.train import engine_settings, precision_label  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
                 if mode == "reduce-overhead":
                     row["graphs skipped"] = _cudagraph_skips() - skips_before
             except Exception as error:  # noqa: BLE001 - reported in the table and the log
-                row["failed"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+                row["failed"] = failure(error)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
             rows.append(row)

@@ -55,6 +55,12 @@ def make_step(quantized: bool, amp: bool, compile: bool, batch: int, device: tor
     return step
 
 
+def failure(error: Exception) -> str:
+    """How a benchmark row names a mode that failed: the error's type and first line."""
+    first = str(error).splitlines()[0][:200] if str(error) else ""
+    return f"{type(error).__name__}: {first}"
+
+
 def label(quantized: bool, amp: bool, compile: bool) -> str:
     return (f"{'W4A4 + tracking' if quantized else 'float'}, {precision_label(amp)}, "
             f"{'compiled' if compile else 'eager'}")
