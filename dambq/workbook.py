@@ -126,8 +126,9 @@ def published_rows(runs_dir: str | Path, siblings: bool = True, reports: tuple[s
 def frontier_rows(runs_dir: str | Path, report: str | Path | None = None, profile: str | None = None) -> list[dict]:
     """One row per finished allocating `lba` run in a runs folder (benchmarks/allocation_frontier.py
     writes them): method (the allocator's signal), target, seed, parent, top-1 and the bits it landed
-    on; with `report` (the frontier's results/allocation-frontier.md) also the runs it lists from
-    other W4A4 parents, which is all of them on a clone that has not run the frontier itself; with
+    on; with `report` (the frontier's results/allocation-frontier.md) also the runs it lists that this
+    folder does not hold (from other W4A4 parents, or from this one by a session whose folder is gone),
+    which is all of them on a clone that has not run the frontier itself; with
     `profile`, only if the report's runs are of that profile (a smoke notebook draws no quick runs).
 
     Example:
@@ -147,18 +148,28 @@ def frontier_rows(runs_dir: str | Path, report: str | Path | None = None, profil
             continue
         rows.append({"method": s.get("allocator", {}).get("signal", "lba"), "target": target_label(*s["targets"]),
                      "seed": s.get("seed", 0), "parent": parent, "top1": s["top1"], "weight_bits": s["weight_avg"],
-                     "act_bits": s["act_avg"]})
+                     "act_bits": s["act_avg"], "file": path.stem})
     if report is not None and Path(report).exists():
-        rows += [frontier_row(r) for r in read_frontier_runs(report) if (r["parent"] != parent or not rows)
-                 and (profile is None or r["profile"] == profile)]
+        here = rows[:]
+        rows += [frontier_row(r) for r in read_frontier_runs(report) if (profile is None or r["profile"] == profile)
+                 and not any(_same_run(r, f) for f in here)]
     return rows
+
+
+def _same_run(recorded: dict, found: dict) -> bool:
+    """Whether a report's run is one this runs folder holds: the same target, method and seed from this
+    parent, or the same stage file with the same top-1 (a run recorded before reports named the W4A4
+    top-1 of its parent, "W4A4 not recorded", read back from the folder of that very parent)."""
+    same = all(recorded[k] == found[k] for k in ("target", "method", "seed"))
+    return same and (recorded["parent"] == found["parent"]
+                     or (recorded["file"] == found["file"] and abs(recorded["top1"] - found["top1"]) < 5e-3))
 
 
 def frontier_row(run: dict) -> dict:
     """A run of an allocation-frontier report (`dambq.report.read_frontier_runs`) as the frontier
     figure and verdict take it (`plots.allocation_frontier`, `frontier_verdict`)."""
     return {"method": run["method"], "target": run["target"], "seed": run["seed"], "parent": run["parent"],
-            "top1": run["top1"], "weight_bits": run["weight_avg"], "act_bits": run["act_avg"]}
+            "top1": run["top1"], "weight_bits": run["weight_avg"], "act_bits": run["act_avg"], "file": run["file"]}
 
 
 def frontier_verdict(rows: list[dict], against: str = "lba") -> list[str]:

@@ -230,6 +230,16 @@ def test_frontier_rows_keep_the_reports_runs_from_other_parents(tmp_path):
     assert sorted((r["parent"], r["method"], r["top1"]) for r in rows) == [
         ("CPU (AMD); W4A4 86.44", "lba", 84.56), ("CPU (AMD); W4A4 86.44", "uniform", 84.0), (here, "lba", 84.9)]
     assert [r["parent"] for r in wb.frontier_rows(runs)] == [here]  # no report: this folder only
+    # runs of this very parent that only the report holds (an earlier session's folder is gone) are drawn too, and
+    # a run the report names by an older parent label ("W4A4 not recorded") but this folder holds is drawn once
+    report.write_text(report.read_text() + "\n".join(frontier_run_lines([
+        {**run, "parent": here, "method": "random", "top1": 83.0},
+        {**run, "parent": "CPU (Intel); W4A4 not recorded"}])[2:]) + "\n")
+    rows = wb.frontier_rows(runs, report=report, profile="quick")
+    assert sorted((r["parent"], r["method"], r["top1"]) for r in rows) == [
+        ("CPU (AMD); W4A4 86.44", "lba", 84.56), ("CPU (AMD); W4A4 86.44", "uniform", 84.0), (here, "lba", 84.9),
+        (here, "random", 83.0)]
+    report.write_text("\n".join(report.read_text().splitlines()[:-2]) + "\n")
     assert len(wb.frontier_rows(runs, report=report, profile="smoke")) == 1  # a smoke notebook draws no quick runs
     assert len(wb.frontier_rows(tmp_path / "gone", report=report)) == 3  # a fresh clone: all the report's runs
     old = report.read_text().replace(" parent |", "").replace("---|---|---|---|---|---|---|---|---|",
