@@ -144,9 +144,10 @@ class BitAllocator:
         if act_target is not None and not self.kinds[1].quantizers:
             raise ValueError("act_target is set but no layer has a quantized input (converted with "
                              "act_bits=None?): pass act_target=None to allocate weights only")
+        self.track_mode = {"lba": error, "fisher": "fisher", "random": None, "uniform": None}[signal]
         for kind in self.kinds:
             for q in kind.quantizers:
-                q.track = {"lba": error, "fisher": "fisher", "random": None, "uniform": None}[signal]
+                q.track = self.track_mode
                 q.step_sensitivity = torch.zeros(q.bits.numel(), device=q.bits.device)
                 q.sensitivity_sum = torch.zeros(q.bits.numel(), device=q.bits.device)
         self.history: list[dict] = []
@@ -199,7 +200,20 @@ class BitAllocator:
             for total in kind.sums:
                 total.zero_()
         self.history.append(record)
+        if epoch >= self.window[1]:
+            self._stop_tracking()
         return record
+
+    def _stop_tracking(self) -> None:
+        """No more sensitivities once the window's last epoch is over: nothing reads them.
+
+        Why: tracking costs every step (`benchmarks/step_speed.py` times W4A4 with and without
+        it: results/step-speed*.md) and the paper profile trains 150 of its 300 LBA epochs
+        after the window. The buffers stay (zero), so `accumulate` and
+        `state_dict` work unchanged; a compiled model recompiles once for the new state."""
+        for kind in self.kinds:
+            for q in kind.quantizers:
+                q.track = None
 
     def _ramp(self, kind: _Kind, epoch: int) -> float:
         first, last = self.window
@@ -280,6 +294,8 @@ class BitAllocator:
             for total, saved in zip(kind.sums, state[key]):
                 total.copy_(saved)
         self.history = list(state["history"])
+        if self.history and self.history[-1]["epoch"] - 1 >= self.window[1]:  # resumed after the window
+            self._stop_tracking()
 
     def close(self) -> None:
         """Switch sensitivity tracking off and free its buffers."""

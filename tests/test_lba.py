@@ -169,6 +169,29 @@ def test_model_without_quant_layers_raises():
         dambq.BitAllocator(small_net())
 
 
+def test_tracking_stops_after_the_window_and_a_resumed_allocator_knows_it():
+    # nothing reads a sensitivity after the window's last epoch, yet every step paid for it (the quick
+    # profile's LBA epochs 6-10, the paper profile's 150 last LBA epochs)
+    model = converted()
+    alloc = dambq.BitAllocator(model, 3.0, 3.0, window=(0, 1))
+    quantizers = [q for kind in alloc.kinds for q in kind.quantizers]
+    assert quantizers and all(q.track == "current" for q in quantizers)
+    for epoch in range(2):
+        train_steps(model, alloc, steps=1, seed=epoch)
+        assert all(q.track == "current" for q in quantizers)  # still needed for this epoch's decision
+        alloc.end_epoch(epoch)
+    assert all(q.track is None for q in quantizers)
+    bits = dambq.average_bits(model)
+    train_steps(model, alloc, steps=1, seed=5)  # after the window: nothing tracked, nothing lowered
+    assert all(s.eq(0).all() for kind in alloc.kinds for s in kind.sums)
+    alloc.end_epoch(2)
+    assert dambq.average_bits(model) == bits == (3.0, 3.0)
+    resumed_model = converted()
+    resumed = dambq.BitAllocator(resumed_model, 3.0, 3.0, window=(0, 1))
+    resumed.load_state_dict(alloc.state_dict())
+    assert all(l.weight_quant.track is None and l.act_quant.track is None for _, l in quant_layers(resumed_model))
+
+
 def test_no_tracking_without_allocator():
     model = converted()
     for _, layer in quant_layers(model):
