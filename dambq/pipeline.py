@@ -116,16 +116,29 @@ def device_name(device: torch.device) -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name and the vector units that decide precision here, e.g.
-    "AMD EPYC, AVX2" or "Intel Xeon ..., AMX": results on CPUs differ by these."""
-    name = platform.processor() or platform.machine()
+    """The CPU's model name, family and model numbers, and the vector units that decide
+    precision here, e.g. "AMD EPYC (family 26, model 2), AVX512-BF16" or "Intel Xeon ..., AMX".
+
+    Why the numbers: virtual machines often report a bare "AMD EPYC", and two such machines
+    were 1.7x apart in training speed (results/quick-cpu*.md); results on CPUs differ by these.
+
+    Example:
+        >>> cpu_model().count(",") >= 1
+        True
+    """
+    name, numbers = platform.processor() or platform.machine(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key in ("model name", "cpu family", "model") and key not in numbers:
+                numbers[key] = value
+            if not line.strip() and numbers:  # the first processor's block is enough
                 break
     except OSError:
         pass
+    name = numbers.get("model name", name)
+    if "cpu family" in numbers and "model" in numbers:
+        name += f" (family {numbers['cpu family']}, model {numbers['model']})"
     cpu = getattr(torch, "cpu", None)
     units = [unit for unit, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
              if getattr(cpu, check, None) is not None and getattr(cpu, check)()]

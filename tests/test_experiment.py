@@ -65,3 +65,13 @@ def test_evaluate_refuses_a_checkpoint_that_does_not_say_how_it_was_made(tmp_pat
                                  "meta": {"stage": "float", "arch": "resnet20"}})
     row = evaluate_checkpoint(float_path, "smoke", data=make_synthetic(32, 32), device="cpu")
     assert row["epochs_trained"] == 5 and "weight_avg" not in row
+
+
+def test_the_cpu_label_names_family_and_model(monkeypatch):
+    # two virtual machines both reading "AMD EPYC, AVX512-BF16" trained 1.7x apart: their results need
+    # labels that tell them apart
+    from dambq import pipeline
+    cpuinfo = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n\n"
+               "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 9\nmodel name\t: other\n")
+    monkeypatch.setattr(pipeline.Path, "read_text", lambda self, *a, **k: cpuinfo)
+    assert pipeline.cpu_model().startswith("AMD EPYC (family 26, model 2), ")
