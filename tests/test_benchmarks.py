@@ -243,7 +243,7 @@ def test_step_speed_report_names_fits_defaults_for_float_and_quantized(tmp_path,
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import step_speed
 
-    monkeypatch.setattr(step_speed, "make_step", lambda *args: (lambda: 0.01))  # no training: the report only
+    monkeypatch.setattr(step_speed, "make_step", lambda *args, **kwargs: (lambda: 0.01))  # no training: the report only
     out = tmp_path / "speed.md"
     monkeypatch.setattr(sys, "argv", ["step_speed.py", "--steps", "2", "--out", str(out)])
     step_speed.main()
