@@ -521,7 +521,8 @@ def init_distributed(device: str = "auto") -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--stages", default="float,w4a4,lba", help=f"comma list of {list(STAGES)}")
+    parser.add_argument("--stages", default=None,
+                        help=f"comma list of {list(STAGES)}; default float,w4a4,lba (none with --report alone)")
     parser.add_argument("--out", default=None, help="folder for checkpoints and metrics (runs/<profile>)")
     parser.add_argument("--data", default=None, help="data root (else DAMBQ_DATA, else ../shared/data)")
     parser.add_argument("--device", default="auto")
@@ -555,7 +556,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="allocation signal of allocating stages (dambq.lba.SIGNALS); recorded, and in file names")
     parser.add_argument("--evaluate", default=None, metavar="CHECKPOINT",
                         help="only evaluate this checkpoint (any stage) on the profile's test set")
-    parser.add_argument("--report", default=None, help="write a markdown table of every finished stage here")
+    parser.add_argument("--report", default=None,
+                        help="write a markdown table of every finished stage here: alone, only that; with "
+                             "--stages, after those stages have run")
     args = parser.parse_args(argv)
     overrides = {}
     if args.arch is not None:
@@ -585,21 +588,21 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(evaluate_checkpoint(args.evaluate, profile, data_root=args.data, device=args.device)))
         return
     out = Path(args.out or f"runs/{profile.name}")
-    if args.report:
-        command = f"python -m dambq.pipeline --profile {profile.name} --out {out} --report {args.report}"
-        from .report import write_report  # the report reads this module's stages
-        print(write_report(out, args.report, command))
+    if args.report and args.stages is None:
+        _report(profile.name, out, args.report)
         return
     device = init_distributed(args.device)
     deadline = time.time() + 60 * args.time_budget if args.time_budget is not None else None
     switch = {"auto": None, "on": True, "off": False}
     data = load_data(profile, args.data)
     first_epoch = 0.0  # seconds of the last stage's first epoch (compilation included): the next one's estimate
-    for stage in filter(None, args.stages.split(",")):
+    finished = True
+    for stage in filter(None, (args.stages or "float,w4a4,lba").split(",")):
         done = out / f"{stage_file(stage, args.weight_target, args.act_target, args.signal, args.seed)}.pt"
         if deadline is not None and not done.exists() and time.time() + first_epoch > deadline:
             print(f"time budget spent: {stage} not started (its first epoch would end after the budget); "
                   f"rerun the same command to continue", flush=True)
+            finished = False
             break
         summary = run_stage(stage, profile, out, data=data, device=device, seed=args.seed,
                             allocator_args={"signal": args.signal, "seed": args.seed} if args.signal != "lba" else None,
@@ -613,9 +616,21 @@ def main(argv: list[str] | None = None) -> None:
         if not summary["finished"]:
             print(f"time budget spent: {stage} stopped after {summary['epochs_done']} of {summary['epochs']} "
                   f"epochs; rerun the same command to resume", flush=True)
+            finished = False
             break
     if dist.is_initialized():
         dist.destroy_process_group()
+    if args.report and world()[0] == 0:  # a report of what is finished, also after a spent time budget
+        if finished or any(out.glob("*.json")):
+            _report(profile.name, out, args.report)
+        if not finished:
+            print(f"{args.report} lacks the stages not finished yet", flush=True)
+
+
+def _report(profile: str, out: Path, report: str) -> None:
+    """Write `report` from the finished stages in `out`; its command line rewrites it without training."""
+    from .report import write_report  # the report reads this module's stages
+    print(write_report(out, report, f"python -m dambq.pipeline --profile {profile} --out {out} --report {report}"))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,18 @@ def test_every_setting_is_a_flag_and_recorded(tmp_path, capsys):
     assert row["arch"] == "resnet20" and row["epochs_trained"] == 2
 
 
+def test_report_with_stages_runs_them_first_and_report_alone_only_reports(tmp_path):
+    # before: --report with --stages skipped the stages and failed on the empty folder
+    report = tmp_path / "report.md"
+    main(["--profile", "smoke", "--stages", "float", "--epochs", "1", "--out", str(tmp_path / "runs"),
+          "--device", "cpu", "--no-progress", "--report", str(report)])
+    assert (tmp_path / "runs" / "float.json").exists() and "| float |" in report.read_text()
+    report.unlink()
+    main(["--profile", "smoke", "--out", str(tmp_path / "runs"), "--report", str(report)])  # no training
+    assert "| float |" in report.read_text()
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*.json")) == ["float.json"]
+
+
 def test_evaluate_refuses_a_checkpoint_that_does_not_say_how_it_was_made(tmp_path):
     path = tmp_path / "old.pt"
     save_checkpoint(path, {"model": build_model("resnet20").state_dict(), "epoch": 0, "meta": {"stage": "w4a4"}})
