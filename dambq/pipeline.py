@@ -618,9 +618,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"epochs; rerun the same command to resume", flush=True)
             finished = False
             break
+    rank = world()[0]  # before the process group goes: after it, every rank would read 0
     if dist.is_initialized():
         dist.destroy_process_group()
-    if args.report and world()[0] == 0:  # a report of what is finished, also after a spent time budget
+    if args.report and rank == 0:  # a report of what is finished, also after a spent time budget
         if finished or any(out.glob("*.json")):
             _report(profile.name, out, args.report)
         if not finished:

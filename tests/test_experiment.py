@@ -66,6 +66,20 @@ def test_report_with_stages_runs_them_first_and_report_alone_only_reports(tmp_pa
     assert sorted(p.name for p in (tmp_path / "runs").glob("*.json")) == ["float.json"]
 
 
+def test_under_torchrun_only_rank_0_writes_the_report(tmp_path, monkeypatch):
+    # before: the rank was read after the process group was gone, so every rank wrote the report
+    import types
+    from dambq import pipeline
+    group = types.SimpleNamespace(up=True)
+    monkeypatch.setattr(pipeline, "dist", types.SimpleNamespace(
+        is_initialized=lambda: group.up, destroy_process_group=lambda: setattr(group, "up", False)))
+    monkeypatch.setattr(pipeline, "world", lambda: (1, 2) if group.up else (0, 1))
+    monkeypatch.setattr(pipeline, "load_data", lambda *args: None)
+    monkeypatch.setattr(pipeline, "run_stage", lambda *args, **kwargs: {"model": None, "finished": True})
+    main(["--profile", "smoke", "--stages", "float", "--out", str(tmp_path), "--report", str(tmp_path / "r.md")])
+    assert not group.up and not (tmp_path / "r.md").exists()
+
+
 def test_evaluate_refuses_a_checkpoint_that_does_not_say_how_it_was_made(tmp_path):
     path = tmp_path / "old.pt"
     save_checkpoint(path, {"model": build_model("resnet20").state_dict(), "epoch": 0, "meta": {"stage": "w4a4"}})
