@@ -144,10 +144,10 @@ class BitAllocator:
         if act_target is not None and not self.kinds[1].quantizers:
             raise ValueError("act_target is set but no layer has a quantized input (converted with "
                              "act_bits=None?): pass act_target=None to allocate weights only")
-        self.track_mode = {"lba": error, "fisher": "fisher", "random": None, "uniform": None}[signal]
+        track = {"lba": error, "fisher": "fisher", "random": None, "uniform": None}[signal]
         for kind in self.kinds:
             for q in kind.quantizers:
-                q.track = self.track_mode
+                q.track = track
                 q.step_sensitivity = torch.zeros(q.bits.numel(), device=q.bits.device)
                 q.sensitivity_sum = torch.zeros(q.bits.numel(), device=q.bits.device)
         self.history: list[dict] = []
@@ -208,7 +208,7 @@ class BitAllocator:
         """No more sensitivities once the window's last epoch is over: nothing reads them.
 
         Why: tracking costs every step (`benchmarks/step_speed.py` times W4A4 with and without
-        it: results/step-speed*.md) and the paper profile trains 150 of its 300 LBA epochs
+        it: results/step-speed*.md) and the paper profile trains 149 of its 300 LBA epochs
         after the window. The buffers stay (zero), so `accumulate` and
         `state_dict` work unchanged; a compiled model recompiles once for the new state."""
         for kind in self.kinds:

@@ -171,7 +171,7 @@ def test_model_without_quant_layers_raises():
 
 def test_tracking_stops_after_the_window_and_a_resumed_allocator_knows_it():
     # nothing reads a sensitivity after the window's last epoch, yet every step paid for it (the quick
-    # profile's LBA epochs 6-10, the paper profile's 150 last LBA epochs)
+    # profile's LBA epochs 6-10, the paper profile's last 149 of 300 LBA epochs)
     model = converted()
     alloc = dambq.BitAllocator(model, 3.0, 3.0, window=(0, 1))
     quantizers = [q for kind in alloc.kinds for q in kind.quantizers]
