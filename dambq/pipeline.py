@@ -518,11 +518,14 @@ def init_distributed(device: str = "auto") -> str:
     return f"cuda:{local_rank}" if cuda else "cpu"
 
 
+PAPER_STAGES = "float,w4a4,lba"  # the paper's pipeline: what a run without --stages trains
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--stages", default=None,
-                        help=f"comma list of {list(STAGES)}; default float,w4a4,lba (none with --report alone)")
+                        help=f"comma list of {list(STAGES)}; default {PAPER_STAGES} (none with --report alone)")
     parser.add_argument("--out", default=None, help="folder for checkpoints and metrics (runs/<profile>)")
     parser.add_argument("--data", default=None, help="data root (else DAMBQ_DATA, else ../shared/data)")
     parser.add_argument("--device", default="auto")
@@ -597,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data(profile, args.data)
     first_epoch = 0.0  # seconds of the last stage's first epoch (compilation included): the next one's estimate
     finished = True
-    for stage in filter(None, (args.stages or "float,w4a4,lba").split(",")):
+    for stage in filter(None, (args.stages or PAPER_STAGES).split(",")):
         done = out / f"{stage_file(stage, args.weight_target, args.act_target, args.signal, args.seed)}.pt"
         if deadline is not None and not done.exists() and time.time() + first_epoch > deadline:
             print(f"time budget spent: {stage} not started (its first epoch would end after the budget); "
