@@ -30,7 +30,7 @@ from .data import Cifar10, load_cifar10
 from .lba import BitAllocator, bit_report
 from .quantizers import UniformAct
 from .models import build_model
-from .profiles import RECIPES, Profile, get_profile, target_label, with_schedule
+from .profiles import RECIPES, Profile, StageConfig, get_profile, target_label, with_schedule
 from .folders import FolderData, load_image_folder
 from .train import Distillation, data_sizes, evaluate, fit, load_checkpoint, num_classes, resolve_device, world
 
@@ -268,13 +268,19 @@ def stage_made_with(stage: str, profile: Profile, out: Path, data: Cifar10, seed
     Not included: the device, precision and compilation (a run may move between machines)."""
     spec = STAGES[stage]
     made = {"stage": stage, "arch": profile.arch, "data": f"{data.source}, {data_sizes(data)[0]} train / "
-            f"{data_sizes(data)[1]} test", "seed": seed, "schedule": asdict(getattr(profile, spec.schedule)),
+            f"{data_sizes(data)[1]} test", "seed": seed, "schedule": _trained_by(getattr(profile, spec.schedule)),
             "quantization": stage_quantization(stage, profile), "act_clip_init": clip_start(stage, profile, out),
             "teacher": spec.teacher}
     if spec.allocate:
         made.update(targets=[weight_target, act_target], window=list(profile.lba_window),
                     allocator={**recipe_allocator_args(profile), **(allocator_args or {})})
     return json.loads(json.dumps(made))  # tuples as lists, as the checkpoint will hold them
+
+
+def _trained_by(cfg: StageConfig) -> dict:
+    """The schedule fields that decide a stage's model: all but how often it is evaluated, which
+    changes no weight, so checkpoints made before `eval_every` existed, or with another, still match."""
+    return {k: v for k, v in asdict(cfg).items() if k != "eval_every"}
 
 
 def check_made_with(checkpoint: Path, made_with: dict) -> None:
@@ -443,10 +449,11 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
 def best_epoch(history: list[dict]) -> dict:
     """The epoch (1-based) with the highest test top-1 and that top-1. Tables report the
     final epoch, as the paper does; the best is kept beside it (V2's log: best 92.32, final 92.13)."""
-    if not history:
+    evaluated = [r for r in history if r["test_top1"] is not None]  # StageConfig.eval_every skips some
+    if not evaluated:
         return {"best_top1": None, "best_epoch": None}
-    best = max(range(len(history)), key=lambda i: history[i]["test_top1"])
-    return {"best_top1": history[best]["test_top1"], "best_epoch": int(history[best]["epoch"])}
+    best = max(evaluated, key=lambda r: r["test_top1"])
+    return {"best_top1": best["test_top1"], "best_epoch": int(best["epoch"])}
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:

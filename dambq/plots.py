@@ -399,9 +399,10 @@ def training_curves(runs: Mapping[str, Metrics] | Sequence[Metrics], chained: bo
         x = f["epoch"].to_numpy() + offset
         c = color(name, i)
         axes[0].plot(x, f["train_loss"], color=c, marker="o", ms=3, label=name)
-        axes[0].plot(x, f["test_loss"], color=c, ls="--", marker="s", ms=3)
+        tested = f["test_top1"].notna().to_numpy()  # StageConfig.eval_every leaves some epochs unevaluated
+        axes[0].plot(x[tested], f["test_loss"][tested].astype(float), color=c, ls="--", marker="s", ms=3)
         axes[1].plot(x, f["train_top1"], color=c, marker="o", ms=3)
-        axes[1].plot(x, f["test_top1"], color=c, ls="--", marker="s", ms=3)
+        axes[1].plot(x[tested], f["test_top1"][tested].astype(float), color=c, ls="--", marker="s", ms=3)
         if has_bits and "weight_avg" in f:
             axes[2].plot(x, f["weight_avg"], color=c, marker="o", ms=3)
             axes[2].plot(x, f["act_avg"], color=c, ls="--", marker="^", ms=3)

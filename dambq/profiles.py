@@ -22,6 +22,14 @@ class StageConfig:
     schedule: str = "cosine"            # "cosine" (to 0) or "step" (x0.1 at milestones)
     milestones: tuple[int, ...] = ()
     warmup_epochs: float = 0.0
+    # evaluate the test set after every k-th epoch and the last (nanoGPT's eval_interval): on 2 CPU
+    # cores a float ResNet20 evaluation (10000 images, fp32) costs 5-6 s beside a 33-36 s epoch
+    # (runs of results/quick-cpu-epyc-family26.md), so every epoch's would add a seventh to a long stage
+    eval_every: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ValueError(f"eval_every must be a whole number of epochs >= 1, got {self.eval_every!r}")
 
 
 @dataclass(frozen=True)
@@ -96,15 +104,17 @@ PROFILES: dict[str, Profile] = {
         note="seconds; synthetic data; checks that everything runs, measures nothing"),
     "quick": Profile(
         name="quick",
-        float=StageConfig(epochs=30, lr=0.1, batch_size=128, warmup_epochs=1),
+        # float evaluated every 5th epoch: its 30 evaluations were ~2.5 of the pipeline's 35 min on 2 cores;
+        # the quantized stages every epoch, where the curve (LBA's dip and recovery) is the point
+        float=StageConfig(epochs=30, lr=0.1, batch_size=128, warmup_epochs=1, eval_every=5),
         w4a4=StageConfig(epochs=5, lr=0.01, batch_size=128),
         lba=StageConfig(epochs=10, lr=0.02, batch_size=128),
         lba_window=(0, 4),
         arch="resnet20",
-        note="CPU-scale: the paper's pipeline on the CIFAR-10 JPEG copy in about an hour on 2 cores with bf16 "
-             "units (results/quick-cpu.md); short schedules, not a reproduction of the paper's numbers; the "
-             "authors' ResNet20 (1x1 conv shortcuts); results/quick-cpu-zeropad-amx.md has earlier runs on "
-             "resnet20_zeropad (--arch resnet20_zeropad)"),
+        note="CPU-scale: the paper's pipeline on the CIFAR-10 JPEG copy in about 35 minutes on 2 cores with "
+             "bf16 units (results/quick-cpu-epyc-family26.md); short schedules, not a reproduction of the paper's "
+             "numbers; the authors' ResNet20 (1x1 conv shortcuts); results/quick-cpu-zeropad-amx.md has earlier "
+             "runs on resnet20_zeropad (--arch resnet20_zeropad)"),
     "imagenet": Profile(
         name="imagenet",
         float=StageConfig(epochs=90, lr=0.1, batch_size=256, weight_decay=1e-4, nesterov=False,

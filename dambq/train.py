@@ -331,7 +331,7 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         meta: dict | None = None, amp: bool | None = None, channels_last: bool | None = None,
         compile: bool | None = None, compile_mode: str | None = None, deadline: float | None = None,
         progress: bool = True, on_epoch_end=None, loss_fn=None) -> list[dict]:
-    """Train `model` on `data` for `cfg.epochs`, evaluating after every epoch.
+    """Train `model` on `data` for `cfg.epochs`, evaluating after every `cfg.eval_every`-th epoch and the last.
 
     Args:
         allocator: a dambq.BitAllocator, fed every step and stepped every epoch.
@@ -358,6 +358,8 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
     Returns:
         One record per epoch: losses, top-1, lr, `precision`, `compiled`, average bits for
         quantized models, `train_seconds` (training steps only) and `seconds` (with evaluation).
+        An epoch not evaluated has test loss and top-1 None; a stage stopped by `deadline`
+        evaluates its last epoch, so its last record always has them.
     """
     device = resolve_device(device)
     rank, world_size = world()
@@ -391,11 +393,28 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
     if not streamed:  # resident: the uint8 set moves to the device once
         train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
     epochs = range(start_epoch, cfg.epochs)
+
+    def save(epoch: int) -> None:  # checkpoint and CSV after an epoch; one writer, every rank holds the same state
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(checkpoint, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "allocator": allocator.state_dict() if allocator is not None else None,
+                "rng": {"data": generator.get_state(), "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                "epoch": epoch, "metrics": history, "config": asdict(cfg), "meta": meta or {}})
+        if metrics_csv is not None and rank == 0:
+            write_metrics_csv(metrics_csv, history)
     progress = progress and rank == 0
     bar = tqdm(epochs, desc=stage, disable=not progress or tqdm is None) if tqdm else epochs
     for epoch in bar:
-        late = bool(deadline is not None and history and time.time() + history[-1]["seconds"] > deadline)
+        # the longest of the last eval_every epochs: one of them included an evaluation, as the next may
+        late = bool(deadline is not None and history and
+                    time.time() + max(r["seconds"] for r in history[-cfg.eval_every:]) > deadline)
         if _sum_over_ranks(torch.tensor(float(late), device=device))[0] > 0:  # every rank stops together
+            if history[-1]["test_top1"] is None:  # a stopped stage still reports its model's top-1
+                _add_test(history[-1], evaluate(model, data, device=device, memory_format=memory_format))
+                save(history[-1]["epoch"] - 1)
             break  # the next epoch would overrun: stop here, the checkpoint resumes later
         model.train()
         started, loss_sum, correct, seen = time.perf_counter(), torch.zeros((), device=device), \
@@ -433,29 +452,26 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         if allocator is not None:
             allocator.end_epoch(epoch)
         train_seconds = time.perf_counter() - started
-        test = evaluate(model, data, device=device, memory_format=memory_format)
-        record.update(test_loss=test["loss"], test_top1=test["top1"], train_seconds=train_seconds,
-                      images_per_s=float(seen) / train_seconds, seconds=time.perf_counter() - started)
+        record.update(test_loss=None, test_top1=None, train_seconds=train_seconds,
+                      images_per_s=float(seen) / train_seconds)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            _add_test(record, evaluate(model, data, device=device, memory_format=memory_format))
+        record["seconds"] = time.perf_counter() - started
         if quantized:
             record["weight_avg"], record["act_avg"] = average_bits(model)
         history.append(record)
-        if checkpoint is not None and rank == 0:  # one writer; every rank holds the same state
-            save_checkpoint(checkpoint, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "allocator": allocator.state_dict() if allocator is not None else None,
-                "rng": {"data": generator.get_state(), "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                "epoch": epoch, "metrics": history, "config": asdict(cfg), "meta": meta or {}})
-        if metrics_csv is not None and rank == 0:
-            write_metrics_csv(metrics_csv, history)
-        if tqdm and progress:
-            bar.set_postfix(test_top1=f"{test['top1']:.2f}", loss=f"{record['train_loss']:.3f}")
+        save(epoch)
+        if tqdm and progress and record["test_top1"] is not None:
+            bar.set_postfix(test_top1=f"{record['test_top1']:.2f}", loss=f"{record['train_loss']:.3f}")
         if on_epoch_end is not None and rank == 0:
             on_epoch_end(record)
         if world_size > 1:
             dist.barrier()  # the checkpoint is on disk before any rank goes on
     return history
+
+
+def _add_test(record: dict, test: dict) -> None:
+    record["test_loss"], record["test_top1"] = test["loss"], test["top1"]
 
 
 def write_metrics_csv(path: str | Path, history: list[dict]) -> None:

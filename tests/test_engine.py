@@ -127,6 +127,29 @@ def test_deadline_stops_between_epochs_and_a_rerun_resumes(tmp_path):
     assert [r["epoch"] for r in history] == [1, 2, 3]  # records count epochs from 1, as the logs do
 
 
+def test_eval_every_skips_test_epochs_but_never_the_last_nor_a_stopped_one(tmp_path, capsys):
+    import csv
+    from dambq.pipeline import best_epoch
+    data = make_synthetic(128, 64)
+    cfg = StageConfig(epochs=3, lr=0.05, batch_size=32, eval_every=2)
+    torch.manual_seed(0)
+    history = fit(build_model("resnet20"), data, cfg, device="cpu", progress=False,
+                  metrics_csv=tmp_path / "m.csv")
+    assert [r["test_top1"] is None for r in history] == [True, False, False]  # epoch 2 (every 2nd), 3 (the last)
+    assert [row["test_top1"] for row in csv.DictReader(open(tmp_path / "m.csv"))][0] == ""
+    assert best_epoch(history)["best_epoch"] in (2, 3)
+    from dambq.workbook import print_epoch  # the notebooks' epoch lines say so instead of failing on None
+    print_epoch(history[0])
+    assert "not evaluated" in capsys.readouterr().out
+    # stopped by a deadline after an epoch it would not evaluate: that epoch is evaluated anyway
+    stopped = fit(build_model("resnet20"), data, StageConfig(epochs=3, lr=0.05, batch_size=32, eval_every=5),
+                  device="cpu", checkpoint=tmp_path / "c.pt", progress=False, deadline=time.time() + 1e-3)
+    assert len(stopped) == 1 and stopped[0]["test_top1"] is not None
+    assert load_checkpoint(tmp_path / "c.pt")["metrics"][0]["test_top1"] == stopped[0]["test_top1"]
+    with pytest.raises(ValueError, match="eval_every"):
+        StageConfig(epochs=3, lr=0.05, eval_every=0)
+
+
 def test_an_unfinished_parent_is_refused_not_used(tmp_path):
     profile = get_profile("smoke", train_limit=128, test_limit=64)
     data = make_synthetic(128, 64)
@@ -164,6 +187,9 @@ def test_a_finished_stage_is_not_read_back_under_another_recipe(tmp_path):
     assert json.loads((tmp_path / "w4a4.json").read_text())["act_clip_init"] == "mse"  # left as it was
     again = run_stage("w4a4", profile, tmp_path, data=data, device="cpu", progress=False)
     assert again["top1"] == first["top1"]
+    # how often a stage is evaluated changes no weight: a checkpoint made with another eval_every reads back
+    sparse = with_schedule(profile, eval_every=3)
+    assert run_stage("w4a4", sparse, tmp_path, data=data, device="cpu", progress=False)["top1"] == first["top1"]
 
 
 def test_a_checkpoint_that_does_not_say_how_it_was_made_is_refused(tmp_path):

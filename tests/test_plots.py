@@ -114,6 +114,13 @@ def test_training_curves(out_dir, tmp_path):
     check(plots.training_curves({"float": fake_metrics("float", 4, False), "w4a4": path}), out_dir, "curves")
     check(plots.training_curves([fake_metrics("float", 2, False), pd.DataFrame(fake_metrics("lba"))],
                                 chained=True), out_dir, "curves_chained")
+    # epochs StageConfig.eval_every skipped (test top-1 None, an empty CSV cell) leave gaps, not a failure
+    sparse = fake_metrics("float", 4, False)
+    for record in sparse[:-1]:
+        record["test_top1"] = record["test_loss"] = None
+    pd.DataFrame(sparse).to_csv(path, index=False)
+    fig = plots.training_curves({"from records": sparse, "from a CSV": path})
+    assert [len(line.get_xdata()) for line in fig.axes[1].lines] == [4, 1, 4, 1]  # train every epoch, test the last
 
 
 def test_allocation_plots(out_dir):
