@@ -23,8 +23,8 @@ class StageConfig:
     milestones: tuple[int, ...] = ()
     warmup_epochs: float = 0.0
     # evaluate the test set after every k-th epoch and the last (nanoGPT's eval_interval): on 2 CPU
-    # cores a float ResNet20 evaluation (10000 images, fp32) costs 5-6 s beside a 33-36 s epoch
-    # (runs of results/quick-cpu-epyc-family26.md), so every epoch's would add a seventh to a long stage
+    # cores a float ResNet20 evaluation (10000 images, fp32) costs about 5 s beside a 34 s training
+    # epoch (README, results/quick-cpu-epyc-family26.md); it changes no weight
     eval_every: int = 1
 
     def __post_init__(self):
@@ -104,7 +104,7 @@ PROFILES: dict[str, Profile] = {
         note="seconds; synthetic data; checks that everything runs, measures nothing"),
     "quick": Profile(
         name="quick",
-        # float evaluated every 5th epoch: its 30 evaluations were ~2.5 of the pipeline's 35 min on 2 cores;
+        # float evaluated every 5th epoch: 24 fewer evaluations took it from 19.6 to 17.7 min on 2 cores;
         # the quantized stages every epoch, where the curve (LBA's dip and recovery) is the point
         float=StageConfig(epochs=30, lr=0.1, batch_size=128, warmup_epochs=1, eval_every=5),
         w4a4=StageConfig(epochs=5, lr=0.01, batch_size=128),

@@ -275,10 +275,10 @@ def print_epoch(record: dict) -> None:
     """One line per finished epoch (pass as run_stage's on_epoch_end): readable in saved notebooks."""
     bits = f", W{record['weight_avg']:.2f}A{record['act_avg']:.2f}" if "weight_avg" in record else ""
     print(f"  {record['stage']} epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
-          f"{test_label(record)}{bits} ({record['seconds']:.1f} s)", flush=True)
+          f"{top1_label(record)}{bits} ({record['seconds']:.1f} s)", flush=True)
 
 
-def test_label(record: dict) -> str:
+def top1_label(record: dict) -> str:
     """'test top-1 87.07%', or 'not evaluated' for an epoch that StageConfig.eval_every skips."""
     return "not evaluated" if record["test_top1"] is None else f"test top-1 {record['test_top1']:.2f}%"
 
@@ -339,7 +339,7 @@ class RunButton:
     def epoch(self, record: dict) -> None:
         self.bar.value = min(self.bar.max, self.bar.value + 1)
         self.status.value = (f"{self._what}: epoch {record['epoch']} of {self.bar.max} done, "
-                             f"{test_label(record)}")
+                             f"{top1_label(record)}")
         print_epoch(record)
 
     def _click(self, _) -> None:

@@ -172,9 +172,9 @@ def test_calibration_spread_measures_each_calibration_set_and_widened_ranges():
     assert all(0 < r["A8 error"] < 1 for r in rows)
     q = convert(silu_cnn(), None, 8, keep_8bit=None)
     calibrate_act_clips(q, torch.randn(16, 3, 6, 6))
-    before = [tuple(float(t) for t in m.range()) for m in q.modules() if isinstance(m, UniformAct)]
+    before = [tuple(float(t.detach()) for t in m.range()) for m in q.modules() if isinstance(m, UniformAct)]
     widen(q)
-    after = [tuple(float(t) for t in m.range()) for m in q.modules() if isinstance(m, UniformAct)]
+    after = [tuple(float(t.detach()) for t in m.range()) for m in q.modules() if isinstance(m, UniformAct)]
     assert all(a[1] > b[1] and a[0] <= b[0] for a, b in zip(after, before))
 
 
