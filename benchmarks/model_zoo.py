@@ -1,7 +1,7 @@
 """Does `dambq.convert` work on *your* model? Torchvision models, a small attention model,
 and small CNNs trained on real data (scikit-learn's bundled digits), from one command:
 
-    python benchmarks/model_zoo.py                  # writes results/model-zoo.md (about 10 min on 2 CPU cores)
+    python benchmarks/model_zoo.py                  # writes results/model-zoo.md (about 35 min on 2 CPU cores)
     python benchmarks/model_zoo.py --models resnet18,vit_b_16 --cifar-steps 0 --out /tmp/zoo.md
 
 Part 1, torchvision models with random initial weights (BatchNorm statistics set by a few
@@ -9,7 +9,9 @@ training-mode passes; nothing downloaded): how many layers convert, which stay f
 why, how many inputs the calibration found to go negative, and the relative output error
 ||y_q - y|| / ||y|| on held-out random images, (a) activations at 8 bits with float
 weights, unsigned quantizers only (what dambq did before signed inputs), (b) the same with
-act_signed="auto", (c) W4A4 with act_signed="auto", each right after calibration.
+act_signed="auto", (c) W4A4 with act_signed="auto", each right after calibration; and what
+no calibration can beat: (b) with ranges set from the test images themselves (oracle), and how
+many times the network magnifies a small input perturbation.
 
 Part 2, the same networks trained briefly on real CIFAR-10 at 32x32 (`--cifar-steps`, 300 SGD
 steps of 128 images from a class-balanced 20000-image subset; needs the data, e.g. DAMBQ_DATA;
@@ -115,6 +117,30 @@ def input_rounding_error(model: nn.Module, reference: torch.Tensor, calibration:
     return relative_error(reference, model, rounded)
 
 
+@torch.no_grad()
+def noise_amplification(model: nn.Module, reference: torch.Tensor, images: torch.Tensor, eps: float = 1e-3,
+                        seed: int = 0) -> float:
+    """How many times a network magnifies a small input perturbation: the relative output error
+    from Gaussian noise of `eps` times the images' standard deviation, divided by `eps`.
+
+    Why: every 8-bit input quantizer perturbs its layer's input by about half a percent; a
+    network that magnifies that fifteenfold (random-weight mobilenet_v2, regnet_y_400mf,
+    shufflenet_v2_x0_5: results/model-zoo.md) errs by several percent whatever ranges it is
+    given, while trained ones magnify it less than once."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=generator).to(images.device)
+    return relative_error(reference, model, images + eps * float(images.std()) * noise) / eps
+
+
+def oracle_a8_error(model: nn.Module, reference: torch.Tensor, images: torch.Tensor) -> float:
+    """A8 error (float weights, every input at 8 bits) with each input channel's range set from
+    `images` themselves, the images it is measured on: nothing clipped, the tightest such range.
+    A calibration on other images can hardly do better with one uniform 8-bit range per channel:
+    where this misses a target, better calibration will not reach it."""
+    return relative_error(reference, quantized_copy(model, images, weight_bits=None, act_bits=8, keep_8bit=None,
+                                                    act_range="channel"), images)
+
+
 def build_cifar(name: str) -> nn.Module:
     """The zoo network with a 10-class head for 32x32 inputs, random initial weights."""
     if name == "tiny_vit":
@@ -200,6 +226,8 @@ def cifar_row(name: str, data, steps: int, seed: int = 0) -> dict:
         f"A8 error, {len(large)} images": relative_error(reference, a8_large, test_x),
         f"A8 error, ranges per channel, {len(large)} images": channel_all,
         "the same, median image's error": channel_median,
+        "A8 error, oracle ranges": oracle_a8_error(model, reference, test_x),
+        "noise amplification": noise_amplification(model, reference, test_x, seed=seed),
         "training seconds": round(trained, 1),
     }
 
@@ -245,6 +273,8 @@ def zoo_row(name: str, seed: int = 0) -> dict:
         "A8 error, ranges per channel": relative_error(reference, a8_channel, test),
         "W4A4 error": relative_error(reference, w4a4, test),
         "input rounding alone": input_only,
+        "A8 error, oracle ranges": oracle_a8_error(model, reference, test),
+        "noise amplification": noise_amplification(model, reference, test, seed=seed),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -362,7 +392,7 @@ def main() -> None:
                                                    for k in ("float", "unsigned", "symmetric", "asymmetric (auto)",
                                                              "A8 error")}})
     errors = ("A8 error, unsigned only", "A8 error", "A8 error, ranges per channel", "W4A4 error",
-              "input rounding alone")
+              "input rounding alone", "A8 error, oracle ranges")
     cifar_channel_key = f"A8 error, ranges per channel, {LARGE_CALIBRATION} images"
     median_key = "the same, median image's error"
     def worst(rows: list[dict], key: str) -> str:  # a dead network's 0/0 = NaN is no quantization error
@@ -385,12 +415,17 @@ def main() -> None:
         "*ranges per channel*: A8 with convert's act_range='channel' (each input channel's min / max over the "
         "16 calibration images: few values per channel, so a range can miss what test images reach). "
         "*input rounding alone*: the error from rounding only the network's input to 8 bits (its calibration "
-        "range), which any 8-bit scheme pays: a random network that amplifies it tenfold cannot reach a small "
-        "A8 error whatever its quantizers do.",
+        "range), which any 8-bit scheme pays. *oracle ranges*: A8 with each input channel's range the min / max "
+        "of the 16 test images themselves (`oracle_a8_error`): nothing clipped, nothing to gain from a better "
+        "calibration. *noise amplification*: the relative output error from Gaussian input noise of 0.1 % of "
+        "the images' spread, divided by 0.001 (`noise_amplification`): a random network that magnifies every "
+        "8-bit rounding some fifteenfold cannot reach a small A8 error whatever ranges its quantizers get.",
         "", *markdown(zoo, floats=errors), "",
         f"Largest A8 error with signed inputs: {worst(zoo, 'A8 error')}; with ranges per channel "
         f"{worst(zoo, 'A8 error, ranges per channel')}; input rounding alone up to "
-        f"{worst(zoo, 'input rounding alone')} (target <= 0.05).", "",
+        f"{worst(zoo, 'input rounding alone')}; with oracle ranges {worst(zoo, 'A8 error, oracle ranges')} "
+        f"(target <= 0.05): {', '.join(r['model'] for r in zoo if r['A8 error, oracle ranges'] > 0.05) or 'none'} "
+        "miss it even with the oracle's ranges.", "",
         *([f"## The same networks trained {args.cifar_steps} steps on CIFAR-10 (32x32, real images)", "",
            f"Each trained from random weights for {args.cifar_steps} SGD steps of 128 images (lr 0.02, gradient "
            "norm clipped at 5; a class-balanced "
@@ -404,11 +439,13 @@ def main() -> None:
            "sample missed and measured worse than one range per layer here). "
            "*the same, median image's error*: that last quantized copy measured per image (each test image's own relative error, the median over "
            "images; `relative_errors`): the columns before weigh images by the size of their outputs, so a "
-           "network with a few huge outputs is measured on those few.", "",
+           "network with a few huge outputs is measured on those few. *oracle ranges* and *noise amplification* "
+           "as above, on the 1000 test images.", "",
            *markdown(cifar, floats=tuple(k for k in cifar[0] if "error" in k)), "",
            f"Largest A8 error, trained networks: {worst(cifar, 'A8 error')} with one range per layer "
            f"and 256 images; with ranges per channel on {LARGE_CALIBRATION} images "
-           f"{worst(cifar, cifar_channel_key)}, for the median image {worst(cifar, median_key)} "
+           f"{worst(cifar, cifar_channel_key)}, for the median image {worst(cifar, median_key)}, with oracle "
+           f"ranges {worst(cifar, 'A8 error, oracle ranges')} "
            "(target <= 0.05; a network whose outputs are all 0 gives NaN and is left out).", ""]
           if cifar else []),
         "## Digits CNNs (real data: scikit-learn's 8x8 digits, 1200 train / 597 test)", "",

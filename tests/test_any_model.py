@@ -146,6 +146,7 @@ def test_model_zoo_trains_a_network_on_cifar_and_measures_it():
     per_channel = [v for k, v in row.items() if "ranges per channel" in k]  # calibrated on the larger set
     assert len(per_channel) == 1 and 0 < per_channel[0] < row["W4A4 error"]
     assert 0 < row["the same, median image's error"] < 1  # the typical image, beside the all-images number
+    assert 0 < row["A8 error, oracle ranges"] < row["W4A4 error"] and row["noise amplification"] > 0
 
 
 def test_layer_ablation_measures_every_input_and_the_range_experiment():

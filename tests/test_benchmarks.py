@@ -290,3 +290,33 @@ def test_a_failing_engine_mode_is_a_row_not_the_end_of_the_lease_benchmarks(tmp_
     text = out.read_text()
     assert "| W4A4 + allocation | - | cuda-graphs | failed: RuntimeError: capture failed |" in text, text
     assert "eager: quantized / float epoch time" in text and "cuda-graphs: quantized" not in text
+
+
+class _Cube(torch.nn.Module):
+    def forward(self, x):
+        return x ** 3
+
+
+def test_noise_amplification_is_the_relative_output_error_per_relative_input_noise():
+    """An identity network passes input noise on as it is (1x); x**3 on inputs of size 1 triples it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from model_zoo import noise_amplification
+    signs = torch.randint(0, 2, (32, 3, 8, 8)).float() * 2 - 1
+    for model, expected in ((torch.nn.Identity(), 1.0), (_Cube(), 3.0)):
+        with torch.no_grad():
+            assert noise_amplification(model, model(signs), signs) == pytest.approx(expected, rel=0.02)
+
+
+def test_oracle_ranges_beat_a_calibration_that_saw_too_little():
+    """The oracle calibrates on the very images it is measured on: far better than ranges from
+    images of half the spread, which clip."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from model_zoo import oracle_a8_error, quantized_copy, relative_error
+    model = _tiny_silu_net()
+    images = torch.randn(32, 3, 12, 12)
+    with torch.no_grad():
+        reference = model(images)
+        narrow = quantized_copy(model, images * 0.5, weight_bits=None, act_bits=8, keep_8bit=None,
+                                act_range="channel")
+        oracle = oracle_a8_error(model, reference, images)
+        assert 0 < oracle < 0.5 * relative_error(reference, narrow, images)
