@@ -227,6 +227,29 @@ class FloatWeight(_Fp32State):
 
 # ------------------------------------------------------------------------- activations
 
+@torch.library.custom_op("dambq::level_counts", mutates_args=())
+def level_counts(bits: Tensor) -> Tensor:
+    """n = 2^b - 1 per channel as float32: the number of steps of each channel's grid.
+
+    Why an opaque op rather than `(2 ** bits - 1).float()`: torch.compile fuses that small
+    per-channel arithmetic into the full-size quantizer kernels, so in channels_last every
+    element converted its channel's int64 count to float again (no vector int64 -> float on
+    AVX2). As an op of its own it is computed once per forward, and the compiled channels_last
+    quantizer runs as fast as with float counts handed in (`python benchmarks/quantizer_kernel.py`,
+    results/quantizer-kernel-*.md).
+
+    Example:
+        >>> level_counts(torch.tensor([0, 1, 4])).tolist()
+        [0.0, 1.0, 15.0]
+    """
+    return (2 ** bits - 1).to(torch.float32)
+
+
+@level_counts.register_fake
+def _(bits: Tensor) -> Tensor:
+    return torch.empty(bits.shape, dtype=torch.float32, device=bits.device)
+
+
 class _UniformActQuant(torch.autograd.Function):
     """y = round(clamp(x / step, 0, n)) * step, step = clip / n, n = 2^b - 1 per channel.
 
@@ -510,7 +533,7 @@ class UniformAct(_Fp32State):
                 channel_shape[dim] = self.channels
         self.positions.fill_(max(1, per_image // self.channels))
         sensitivity = self.step_sensitivity if self.track and torch.is_grad_enabled() else None
-        n_levels = (2 ** self.bits - 1).view(channel_shape)
+        n_levels = level_counts(self.bits).view(channel_shape)
         track_next, square = self.track in ("next", "fisher"), self.track == "fisher"
         if self.signed:
             low, high = self.range()

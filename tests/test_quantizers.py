@@ -484,3 +484,27 @@ def test_int8_weight_symmetric_255_levels():
     assert torch.all((q - w).abs() <= step / 2 + 1e-7)
     torch.testing.assert_close(torch.round(q / step), q / step, atol=1e-4, rtol=0)
     assert int(layer.weight_bits.unique()) == 8 and int(layer.act_bits.unique()) == 8
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_activation_quantizer_hands_float32_level_counts_to_its_kernel(monkeypatch, signed):
+    """UniformAct passes n = 2^b - 1 as float32 from an op of its own (dambq::level_counts): with
+    int64 counts torch.compile converted them per element inside the full-size kernels
+    (results/quantizer-kernel-*.md). Same levels either way."""
+    from dambq import quantizers
+    seen = []
+
+    def recording(original):
+        def apply(x, *args):  # the level counts are the one per-channel [1, C, 1, 1] argument
+            seen.extend(a for a in args if isinstance(a, torch.Tensor) and a.shape == (1, 4, 1, 1))
+            return original(x, *args)
+        return apply
+    for fn in (quantizers._UniformActQuant, quantizers._SignedActQuant):
+        monkeypatch.setattr(fn, "apply", recording(fn.apply))
+    q = quantizers.UniformAct(4, bits=torch.tensor([0, 1, 3, 8]), init_clip=2.0, signed=signed)
+    x = torch.randn(2, 4, 3, 3)
+    y = q(x)
+    assert len(seen) == 1 and seen[0].dtype == torch.float32
+    assert seen[0].flatten().tolist() == [0.0, 1.0, 7.0, 255.0]
+    assert torch.equal(y, q(x))
+    assert quantizers.level_counts(torch.tensor([2, 4])).tolist() == [3.0, 15.0]
