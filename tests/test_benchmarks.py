@@ -320,3 +320,16 @@ def test_oracle_ranges_beat_a_calibration_that_saw_too_little():
                                 act_range="channel")
         oracle = oracle_a8_error(model, reference, images)
         assert 0 < oracle < 0.5 * relative_error(reference, narrow, images)
+
+
+def test_quantizer_kernel_benchmark_times_every_row_and_writes_its_report(tmp_path):
+    """benchmarks/quantizer_kernel.py, eager rows only (compiling is for the real run): every pass
+    and layout timed, the report relative to the eager ReLU."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import quantizer_kernel
+    out = tmp_path / "kernel.md"
+    rows = quantizer_kernel.main(["--batch", "2", "--rounds", "2", "--no-compile", "--out", str(out)])
+    assert {(r["pass"], r["layout"]) for r in rows} == {(p, l) for p in ("relu", "quant, int64 n", "quant, float n",
+                                                                          "UniformAct") for l in quantizer_kernel.LAYOUTS}
+    assert all(r["ms"] > 0 and not r["compiled"] for r in rows)
+    assert "| relu | no | channels_last |" in out.read_text()
