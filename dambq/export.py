@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from .attention import QuantMultiheadAttention
 from .codebook import build_codebook, snap_index
 from .convert import quant_layers
-from .quantizers import DMBQWeight, FloatAct, FloatWeight, Int8Act, Int8Weight
+from .quantizers import DMBQWeight, FloatAct, FloatWeight, Int8Act, Int8Weight, level_counts
 
 FORMAT = "dambq-packed"
 MAGIC = b"DAMBQ-PACKED\n"
@@ -136,7 +136,7 @@ class PackedAct(nn.Module):
         return t.view(shape)
 
     def _levels(self, x: Tensor) -> Tensor:
-        return self._per_channel((2 ** self.bits.long() - 1).float(), x)
+        return self._per_channel(level_counts(self.bits.long()), x)
 
     def integers(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(integer levels of x as float, step broadcastable to x), with the fake quantizers'
