@@ -490,9 +490,9 @@ def test_int8_weight_symmetric_255_levels():
 def test_activation_quantizer_hands_float32_level_counts_to_its_kernel(monkeypatch, signed):
     """UniformAct passes n = 2^b - 1 as float32 from an op of its own (dambq::level_counts): with
     int64 counts torch.compile converted them per element inside the full-size kernels
-    (results/quantizer-kernel-*.md). Same levels either way."""
+    (results/quantizer-kernel-*.md). The output equals the kernel's with int64 counts."""
     from dambq import quantizers
-    seen = []
+    seen, originals = [], {}
 
     def recording(original):
         def apply(x, *args):  # the level counts are the one per-channel [1, C, 1, 1] argument
@@ -500,11 +500,18 @@ def test_activation_quantizer_hands_float32_level_counts_to_its_kernel(monkeypat
             return original(x, *args)
         return apply
     for fn in (quantizers._UniformActQuant, quantizers._SignedActQuant):
+        originals[fn] = fn.apply
         monkeypatch.setattr(fn, "apply", recording(fn.apply))
     q = quantizers.UniformAct(4, bits=torch.tensor([0, 1, 3, 8]), init_clip=2.0, signed=signed)
     x = torch.randn(2, 4, 3, 3)
     y = q(x)
     assert len(seen) == 1 and seen[0].dtype == torch.float32
     assert seen[0].flatten().tolist() == [0.0, 1.0, 7.0, 255.0]
-    assert torch.equal(y, q(x))
+    int_counts = (2 ** q.bits - 1).view(1, 4, 1, 1)
+    if signed:
+        low, high = q.range()
+        expected = originals[quantizers._SignedActQuant](x, low, high, int_counts, None, False)
+    else:
+        expected = originals[quantizers._UniformActQuant](x, q.act_clip, int_counts, None, False)
+    assert torch.equal(y, expected)
     assert quantizers.level_counts(torch.tensor([2, 4])).tolist() == [3.0, 15.0]
