@@ -95,8 +95,7 @@ def default_compile(device: torch.device, quantized: bool = True) -> bool:
     several times over); on an AVX2-only EPYC the compiled fp32 quantized step is
     10-15 % faster than eager and the float one no faster, but compiling takes 60-85 s per stage, which
     pays back only after 4-5 CIFAR-10 epochs (results/step-speed.md): `compile=True` there for long
-    stages; on an
-    H200 default-mode compilation made float and W4A4 epochs slower (results/gpu-lease-1.md),
+    stages; on an H200 default-mode compilation made float and W4A4 epochs slower (results/gpu-lease-1.md),
     so CUDA stays eager until a lease times CUDA graphs faster (`--compile on --compile-mode
     reduce-overhead` asks for them; the GPU lease picks its mode from its own step profile)."""
     return device.type == "cpu" and fast_bfloat16(device) and (quantized or has_amx(device))
