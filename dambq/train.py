@@ -94,7 +94,7 @@ def default_compile(device: torch.device, quantized: bool = True) -> bool:
     by 15 % (results/step-speed-amx.md; the 30-epoch float stage pays its ~30 s of compilation back
     several times over); on an AVX2-only EPYC the compiled fp32 quantized step is
     10-15 % faster than eager and the float one no faster, but compiling takes 60-85 s (cold cache), which
-    pays back only after 4-5 CIFAR-10 epochs (results/step-speed.md): `compile=True` there for long
+    pays back only after 3-5 CIFAR-10 epochs (results/step-speed.md): `compile=True` there for long
     stages; on an H200 default-mode compilation made float and W4A4 epochs slower (results/gpu-lease-1.md),
     so CUDA stays eager until a lease times CUDA graphs faster (`--compile on --compile-mode
     reduce-overhead` asks for them; the GPU lease picks its mode from its own step profile)."""
