@@ -10,7 +10,10 @@ from the integer `bits` buffer inside the graph) and as float32, and the `Unifor
 itself (which hands over `level_counts`), in both memory layouts, beside an eager ReLU (a
 pass that only reads and writes, the memory-bound reference). Inductor fuses the small per-channel arithmetic into the big
 elementwise kernel, so with int64 n every element pays an int64 -> float conversion; the
-float rows show what that costs on this machine. Phases alternate row by row
+float rows show what that costs on this machine. The "formulas" rows compare the two backward
+forms with LBA tracking on: the in-place one (out= buffers, BLAS dot products: fewest passes in
+eager) and the fusible one (plain ops that inductor fuses), which the module uses when compiled.
+Phases alternate row by row
 each round, so machine noise hits all rows alike; prints medians.
 """
 from __future__ import annotations
@@ -23,22 +26,40 @@ from pathlib import Path
 import torch
 
 from dambq.pipeline import device_name
-from dambq.quantizers import UniformAct, _UniformActQuant
+from dambq.quantizers import UniformAct, _UniformActQuant, _uniform_grads_fusible, _uniform_grads_inplace, _uniform_levels
 
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
+KINDS = ("quant, int64 n", "quant, float n", "UniformAct", "UniformAct + tracking",
+         "formulas, in place + tracking", "formulas, fusible + tracking")
+FORMS = {"in place": _uniform_grads_inplace, "fusible": _uniform_grads_fusible}
+
+
 def make_pass(kind: str, compiled: bool, layout: torch.memory_format, batch: int, device: torch.device):
-    """A closure timing one forward + backward of `kind` ("relu", "quant, int64 n", "quant, float n",
-    "UniformAct")."""
+    """A closure timing one forward + backward of `kind` ("relu" or one of KINDS).
+
+    The "formulas" kinds run the forward levels and one of the two backward forms of
+    `_UniformActQuant` (`dambq.quantizers._uniform_grads_inplace`, `_uniform_grads_fusible`)
+    as plain calls, without autograd, so that both forms can be compiled and timed in one run
+    (the module picks the fusible one when compiled, the in-place one in eager)."""
     x = torch.randn(batch, 16, 32, 32, device=device).relu().contiguous(memory_format=layout).requires_grad_(True)
     grad = torch.randn_like(x)
     clip = torch.nn.Parameter(torch.tensor(2.0, device=device))
     n = torch.full((1, 16, 1, 1), 15, dtype=torch.long, device=device)
     if kind == "relu":
         fn = torch.relu
-    elif kind == "UniformAct":  # the module as dambq.convert builds it: its level counts from `bits`
+    elif kind.startswith("UniformAct"):  # the module as dambq.convert builds it: its level counts from `bits`
         fn = UniformAct(16, bits=4, init_clip=2.0).to(device)
+        if "tracking" in kind:  # as a BitAllocator switches it on
+            fn.track, fn.step_sensitivity = "current", torch.zeros(16, device=device)
+    elif kind.startswith("formulas"):
+        form = FORMS[kind.split(", ")[1].split(" + ")[0]]
+        sensitivity, levels, x = torch.zeros(16, device=device), n.float(), x.detach()
+
+        def fn(t):
+            y = _uniform_levels(t, clip.detach(), levels)
+            return form(t, y, grad, clip.detach(), levels, sensitivity, False, False)
     else:
         levels = n if "int64" in kind else n.float()
         def fn(t):
@@ -50,7 +71,10 @@ def make_pass(kind: str, compiled: bool, layout: torch.memory_format, batch: int
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        fn(x).backward(grad)
+        if kind.startswith("formulas"):
+            fn(x)
+        else:
+            fn(x).backward(grad)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - started
@@ -70,7 +94,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # says something about a one-op graph on a leaf, not about memory traffic
     configs = [(kind, compiled, layout) for layout in LAYOUTS
                for compiled in ((False,) if args.no_compile else (False, True))
-               for kind in (("relu",) if not compiled else ()) + ("quant, int64 n", "quant, float n", "UniformAct")]
+               for kind in (("relu",) if not compiled else ()) + KINDS]
     passes = [make_pass(kind, compiled, LAYOUTS[layout], args.batch, device)
               for kind, compiled, layout in configs]
     for run in passes:  # warm-up; the first call compiles
@@ -83,7 +107,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [{"pass": kind, "compiled": compiled, "layout": layout, "ms": 1000 * statistics.median(kept)}
             for (kind, compiled, layout), kept in zip(configs, times)]
     by = {(r["pass"], r["compiled"], r["layout"]): r["ms"] for r in rows}
-    lines = [f"# Activation quantizer forward + backward: eager vs compiled, int64 vs float level counts", "",
+    lines = [f"# Activation quantizer forward + backward: eager vs compiled, int64 vs float level counts, "
+             f"in-place vs fusible backward", "",
              f"Command: `python benchmarks/quantizer_kernel.py --batch {args.batch} --rounds {args.rounds}`", "",
              f"Device: {device_name(device)}; torch {torch.__version__}; input [{args.batch}, 16, 32, 32] fp32; "
              f"median of {args.rounds} rounds, rows alternating.", "",
@@ -97,6 +122,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          f"float n {by[('quant, float n', True, layout)] / by[('quant, float n', False, layout)]:.2f}x; "
                          f"compiled float n / int64 n {by[('quant, float n', True, layout)] / by[('quant, int64 n', True, layout)]:.2f}x."
                          for layout in LAYOUTS]
+        lines += [f"{layout}, compiled, with tracking: fusible / in-place backward "
+                  f"{by[('formulas, fusible + tracking', True, layout)] / by[('formulas, in place + tracking', True, layout)]:.2f}x; "
+                  f"eager: {by[('formulas, fusible + tracking', False, layout)] / by[('formulas, in place + tracking', False, layout)]:.2f}x."
+                  for layout in LAYOUTS]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -82,6 +82,8 @@ def main() -> None:
                         help="memory format of models and inputs (fit uses channels_last)")
     parser.add_argument("--all", action="store_true",
                         help="every combination of bf16 autocast and compile, not only fit's defaults")
+    parser.add_argument("--precision", choices=["both", "fp32", "bf16"], default="both",
+                        help="with --all: only these phases (bf16 is emulated, ~10x slower, on AVX2-only CPUs)")
     parser.add_argument("--arch", default="resnet20", help="network (dambq.models.MODELS)")
     parser.add_argument("--out", default="results/step-speed.md")
     args = parser.parse_args()
@@ -89,7 +91,8 @@ def main() -> None:
     layout = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
     # fit's defaults differ for float and quantized models (compilation pays for the latter only)
     fit_combo = {q: (s["amp"], s["compile"]) for q, s in ((q, engine_settings(device, quantized=q)) for q in (False, True))}
-    combos = [(a, c) for a in (False, True) for c in (False, True)] if args.all else sorted(set(fit_combo.values()))
+    amps = {"both": (False, True), "fp32": (False,), "bf16": (True,)}[args.precision]
+    combos = [(a, c) for a in amps for c in (False, True)] if args.all else sorted(set(fit_combo.values()))
     medians, first = {}, {}
     for amp, compile in combos:  # one phase per combination: float and quantized alternate step by step
         steps = {}
@@ -107,8 +110,10 @@ def main() -> None:
                     times[key].append(seconds)
         medians.update({key: statistics.median(t) for key, t in times.items()})
         del steps  # free this phase's models before the next
-    ratio = medians[(True, *fit_combo[True])] / medians[(False, *fit_combo[False])]
-    untracked = medians[(UNTRACKED, *fit_combo[True])] / medians[(False, *fit_combo[False])]
+    defaults_timed = (True, *fit_combo[True]) in medians and (False, *fit_combo[False]) in medians
+    if defaults_timed:
+        ratio = medians[(True, *fit_combo[True])] / medians[(False, *fit_combo[False])]
+        untracked = medians[(UNTRACKED, *fit_combo[True])] / medians[(False, *fit_combo[False])]
     command = " ".join(["python benchmarks/step_speed.py", *sys.argv[1:]])
     order = sorted(medians, key=lambda k: (list(MODELS).index(k[0]), k[1], k[2]))
     rows = [f"| {label(*key)}{' (fit default)' if key[1:] == fit_combo[bool(key[0])] else ''} | {1000 * m:.1f} | "
@@ -122,10 +127,11 @@ def main() -> None:
                        f"{'compiled' if fit_combo[q][1] else 'eager'}" for kind, q in (("float", False), ("quantized", True)))
              + ".", "",
              "| model, precision, compilation | ms / step | images / s | first step s |", "|---|---|---|---|",
-             *rows, "",
-             f"Training step with `fit`'s defaults, quantized / float: **{ratio:.2f}x** (target <= 1.2x, goal 1.1x); "
-             f"without tracking (the W4A4 stage, and LBA after its window: `BitAllocator` stops tracking there) "
-             f"{untracked:.2f}x."]
+             *rows, ""]
+    if defaults_timed:
+        lines.append(f"Training step with `fit`'s defaults, quantized / float: **{ratio:.2f}x** (target <= 1.2x, goal "
+                     f"1.1x); without tracking (the W4A4 stage, and LBA after its window: `BitAllocator` stops tracking "
+                     f"there) {untracked:.2f}x.")
     if args.all:
         lines.append("Quantized / float within each phase: " + "; ".join(
             f"{'bf16' if a else 'fp32'} {'compiled' if c else 'eager'} {medians[(True, a, c)] / medians[(False, a, c)]:.2f}x"

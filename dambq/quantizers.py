@@ -262,9 +262,11 @@ class _UniformActQuant(torch.autograd.Function):
 
     Speed (2 CPU cores, [128, 16, 32, 32]): in-place ops cost ~0.15 ms, a fresh
     buffer ~0.3-0.5 ms and more inside backward (its pages fault in), a boolean mask
-    into `where` ~4 ms; hence in-place clamps, a float mask written in place, one
-    buffer reused for the LBA term and the input gradient, and dot products for the
-    clip gradient (results/step-speed.md has the whole-step effect). `clip` is a scalar or,
+    into `where` ~4 ms; hence, in eager mode, in-place clamps, a float mask written in
+    place, one buffer reused for the LBA term and the input gradient, and dot products
+    for the clip gradient (results/step-speed.md has the whole-step effect). Under
+    torch.compile the backward is written as plain ops instead, which inductor fuses
+    (`_uniform_grads_fusible`). `clip` is a scalar or,
     for ranges per channel, shaped like `n` (one clip per channel, gradients per channel)."""
 
     @staticmethod
@@ -285,38 +287,78 @@ class _UniformActQuant(torch.autograd.Function):
             # use the rounded ones, so that the clip gradient and the LBA sums stay fp32-exact
             x, grad_y = x.float(), grad_y.float()
             y = _uniform_levels(x, clip, n)
-        clip_ = clip.to(x.dtype)
-        n = n.to(x.dtype)
-        reduce_dims = [d for d, s in enumerate(n.shape) if s == 1]
-
-        def per_channel(t: Tensor) -> Tensor:
-            return t.sum(reduce_dims, keepdim=True)
-        # one full-size buffer for everything: first the LBA term (if tracked), then grad_x;
-        # a second temporary per layer cost more in fresh pages than in arithmetic on 2 CPU cores
-        buffer = torch.empty_like(x)
-        if ctx.sensitivity is not None:
-            with torch.no_grad():
-                if ctx.track_next:  # Q at b-1 bits: n' = (n + 1) / 2 - 1 levels above zero
-                    n_next = ((n + 1) / 2 - 1).clamp_min(0)
-                    torch.mul(x, n_next / clip_, out=buffer).clamp_(min=0)
-                    torch.minimum(buffer, n_next, out=buffer).round_().mul_(clip_ / n_next.clamp_min(1))
-                    buffer.sub_(y)  # Q_{b-1} - Q_b
-                else:
-                    torch.sub(x, y, out=buffer)  # x - Q_b
-                buffer.mul_(grad_y)
-                if ctx.square:  # second order: 0.5 * sum (g * dQ)^2
-                    buffer.square_().mul_(0.5)
-                ctx.sensitivity.add_(per_channel(buffer).reshape(-1))
-        # inside [0, clip] <=> |x - clip/2| <= clip/2; a pruned channel gets -1: never inside
-        half = torch.where(n > 0, clip_ / 2, -1.0)
-        grad_x = torch.sub(x, half, out=buffer).abs_().le_(half).mul_(grad_y)
-        # d y / d clip = (y - x * inside) / clip: (y - x) / clip inside, 1 above, 0 below;
-        # one clip: the two sums are whole-tensor dot products (one pass each, no temporary)
-        if clip.numel() == 1:
-            grad_clip = (_dot(grad_y, y) - _dot(grad_x, x)) / clip_
-        else:  # a clip per channel (act_range="channel"): the same sums per channel
-            grad_clip = (per_channel(grad_y * y) - per_channel(grad_x * x)) / clip_
+        grads = _uniform_grads_fusible if torch.compiler.is_compiling() else _uniform_grads_inplace
+        grad_x, grad_clip = grads(x, y, grad_y, clip.to(x.dtype), n.to(x.dtype), ctx.sensitivity,
+                                  ctx.track_next, ctx.square)
         return grad_x.to(ctx.in_dtype), grad_clip.reshape(clip.shape), None, None, None, None
+
+
+def _reduce_dims(n: Tensor) -> list[int]:
+    """The dims a per-channel sum runs over: those where the level counts `n` broadcast."""
+    return [d for d, s in enumerate(n.shape) if s == 1]
+
+
+def _uniform_grads_inplace(x: Tensor, y: Tensor, grad_y: Tensor, clip: Tensor, n: Tensor,
+                           sensitivity: Tensor | None, track_next: bool, square: bool) -> tuple[Tensor, Tensor]:
+    """(grad_x, grad_clip) of `_UniformActQuant` for eager mode, adding the LBA term to `sensitivity`.
+
+    Why in place: eager runs every op as its own pass, so the fewest fresh buffers win. One
+    full-size buffer serves first the LBA term (if tracked), then grad_x; a second temporary per
+    layer cost more in fresh pages than in arithmetic on 2 CPU cores; the clip gradient's sums
+    are BLAS dot products (`_dot`)."""
+    reduce_dims = _reduce_dims(n)
+    buffer = torch.empty_like(x)
+    if sensitivity is not None:
+        with torch.no_grad():
+            if track_next:  # Q at b-1 bits: n' = (n + 1) / 2 - 1 levels above zero
+                n_next = ((n + 1) / 2 - 1).clamp_min(0)
+                torch.mul(x, n_next / clip, out=buffer).clamp_(min=0)
+                torch.minimum(buffer, n_next, out=buffer).round_().mul_(clip / n_next.clamp_min(1))
+                buffer.sub_(y)  # Q_{b-1} - Q_b
+            else:
+                torch.sub(x, y, out=buffer)  # x - Q_b
+            buffer.mul_(grad_y)
+            if square:  # second order: 0.5 * sum (g * dQ)^2
+                buffer.square_().mul_(0.5)
+            sensitivity.add_(buffer.sum(reduce_dims, keepdim=True).reshape(-1))
+    # inside [0, clip] <=> |x - clip/2| <= clip/2; a pruned channel gets -1: never inside
+    half = torch.where(n > 0, clip / 2, -1.0)
+    grad_x = torch.sub(x, half, out=buffer).abs_().le_(half).mul_(grad_y)
+    # d y / d clip = (y - x * inside) / clip: (y - x) / clip inside, 1 above, 0 below;
+    # one clip: the two sums are whole-tensor dot products (one pass each, no temporary)
+    if clip.numel() == 1:
+        grad_clip = (_dot(grad_y, y) - _dot(grad_x, x)) / clip
+    else:  # a clip per channel (act_range="channel"): the same sums per channel
+        grad_clip = ((grad_y * y).sum(reduce_dims, keepdim=True) - (grad_x * x).sum(reduce_dims, keepdim=True)) / clip
+    return grad_x, grad_clip
+
+
+def _uniform_grads_fusible(x: Tensor, y: Tensor, grad_y: Tensor, clip: Tensor, n: Tensor,
+                           sensitivity: Tensor | None, track_next: bool, square: bool) -> tuple[Tensor, Tensor]:
+    """The same gradients and LBA term as `_uniform_grads_inplace`, as plain out-of-place ops.
+
+    Why a second form: under torch.compile, inductor fuses these into a pass or two over x, y and
+    grad_y, with the sums as reductions inside the same kernels; the eager form's `out=` buffer
+    and BLAS dot products are opaque to it and cost a pass each (`python
+    benchmarks/quantizer_kernel.py`, results/quantizer-kernel-*.md)."""
+    reduce_dims = _reduce_dims(n)
+    if sensitivity is not None:
+        with torch.no_grad():
+            if track_next:
+                n_next = ((n + 1) / 2 - 1).clamp_min(0)
+                other = (x * (n_next / clip)).clamp(min=0).minimum(n_next).round() * (clip / n_next.clamp_min(1)) - y
+            else:
+                other = x - y
+            term = other * grad_y
+            if square:
+                term = term.square() * 0.5
+            sensitivity.add_(term.sum(reduce_dims, keepdim=True).reshape(-1))
+    half = torch.where(n > 0, clip / 2, -1.0)
+    inside = (x - half).abs() <= half
+    grad_x = grad_y * inside
+    clip_term = grad_y * (y - x * inside)
+    grad_clip = (clip_term.sum() if clip.numel() == 1 else clip_term.sum(reduce_dims, keepdim=True)) / clip
+    return grad_x, grad_clip
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -367,7 +409,7 @@ class _SignedActQuant(torch.autograd.Function):
         x, grad_y = x.float(), grad_y.float()
         lo, hi = low.float(), high.float()
         y = _signed_levels(x, lo, hi, n)
-        reduce_dims = [d for d, s in enumerate(n.shape) if s == 1]
+        reduce_dims = _reduce_dims(n)
         if ctx.sensitivity is not None:
             with torch.no_grad():
                 if ctx.track_next:

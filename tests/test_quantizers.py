@@ -515,3 +515,29 @@ def test_activation_quantizer_hands_float32_level_counts_to_its_kernel(monkeypat
         expected = originals[quantizers._UniformActQuant](x, q.act_clip, int_counts, None, False)
     assert torch.equal(y, expected)
     assert quantizers.level_counts(torch.tensor([2, 4])).tolist() == [3.0, 15.0]
+
+
+@pytest.mark.parametrize("track", [None, "current", "next", "fisher"])
+@pytest.mark.parametrize("per_channel_clip", [False, True])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_compiled_and_eager_activation_backward_forms_agree(track, per_channel_clip, layout):
+    """The fusible backward (what torch.compile traces) and the in-place one (eager) give the
+    same input and clip gradients and LBA sums, pruned channels and channels_last included."""
+    from dambq.quantizers import _uniform_grads_fusible, _uniform_grads_inplace, _uniform_levels
+    x = act_input((4, 6, 5, 5), seed=40).clamp_min(0).contiguous(memory_format=layout)
+    grad_y = act_input((4, 6, 5, 5), seed=41).contiguous(memory_format=layout)
+    n = (2 ** torch.tensor([0, 1, 2, 3, 4, 8]) - 1).float().view(1, 6, 1, 1)
+    clip = torch.linspace(1.5, 3.5, 6).view(1, 6, 1, 1) if per_channel_clip else torch.tensor(3.0)
+    y = _uniform_levels(x, clip, n)
+    results = []
+    for form in (_uniform_grads_inplace, _uniform_grads_fusible):
+        sums = torch.zeros(6) if track else None
+        grad_x, grad_clip = form(x, y, grad_y, clip, n, sums, track in ("next", "fisher"), track == "fisher")
+        results.append((grad_x, grad_clip, sums))
+    (gx_a, gc_a, s_a), (gx_b, gc_b, s_b) = results
+    assert torch.equal(gx_a, gx_b)
+    assert gx_a[:, 0].abs().sum() == 0 and gx_a.abs().sum() > 0  # pruned channel: no gradient
+    torch.testing.assert_close(gc_a, gc_b, rtol=1e-5, atol=1e-5)
+    if track:
+        assert s_a.abs().sum() > 0
+        torch.testing.assert_close(s_a, s_b, rtol=1e-5, atol=1e-5)
