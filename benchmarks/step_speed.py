@@ -4,7 +4,9 @@
     python benchmarks/step_speed.py --all                                    # every precision x compile
 
 Each step is `dambq.train.train_step`, the function `fit` calls, with the precision, layout
-and compilation `dambq.train.engine_settings` picks for this device (or, with --all, every
+and compilation `dambq.train.engine_settings` picks for this device and a stage of
+`--stage-steps` steps (compilation can depend on the length; the default is the quick profile's
+LBA stage on CIFAR-10) (or, with --all, every
 combination of bf16 autocast and torch.compile, which is the table those defaults are chosen
 from). Each precision x compilation is one phase in which float and quantized alternate step by
 step, so machine noise hits both alike (a 10x slower bf16-emulating phase cannot disturb
@@ -22,11 +24,19 @@ from pathlib import Path
 import torch
 
 import dambq
+from dambq.batches import steps_per_epoch
 from dambq.models import build_model
+from dambq.profiles import get_profile
 from dambq.pipeline import device_name
 from dambq.train import engine_settings, precision_label, step_function, train_step
 
 WARMUP = 3  # untimed steps per configuration; the first one includes compilation
+
+
+def quick_lba_steps() -> int:
+    """Training steps of the quick profile's LBA stage on CIFAR-10's 50,000 training images."""
+    cfg = get_profile("quick").lba
+    return cfg.epochs * steps_per_epoch(50_000, cfg.batch_size, drop_last=True)
 
 
 def make_step(quantized: bool, amp: bool, compile: bool, batch: int, device: torch.device,
@@ -84,13 +94,17 @@ def main() -> None:
                         help="every combination of bf16 autocast and compile, not only fit's defaults")
     parser.add_argument("--precision", choices=["both", "fp32", "bf16"], default="both",
                         help="with --all: only these phases (bf16 is emulated, ~10x slower, on AVX2-only CPUs)")
+    parser.add_argument("--stage-steps", type=int, default=None,
+                        help="length of the stage whose defaults to time (default: the quick profile's LBA stage)")
     parser.add_argument("--arch", default="resnet20", help="network (dambq.models.MODELS)")
     parser.add_argument("--out", default="results/step-speed.md")
     args = parser.parse_args()
     device = torch.device(args.device)
     layout = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
     # fit's defaults differ for float and quantized models (compilation pays for the latter only)
-    fit_combo = {q: (s["amp"], s["compile"]) for q, s in ((q, engine_settings(device, quantized=q)) for q in (False, True))}
+    stage_steps = args.stage_steps or quick_lba_steps()
+    fit_combo = {q: (s["amp"], s["compile"]) for q, s in
+                 ((q, engine_settings(device, quantized=q, steps=stage_steps)) for q in (False, True))}
     amps = {"both": (False, True), "fp32": (False,), "bf16": (True,)}[args.precision]
     combos = [(a, c) for a in amps for c in (False, True)] if args.all else sorted(set(fit_combo.values()))
     medians, first = {}, {}
@@ -122,7 +136,7 @@ def main() -> None:
              f"Command: `{command}`", "",
              f"Network: {args.arch}. Device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; layout {args.layout}; "
              f"median of {args.steps} steps each, float and quantized alternating; `dambq.train.train_step`, as `fit` runs it.", "",
-             f"`fit`'s defaults on this device (`dambq.train.engine_settings`): "
+             f"`fit`'s defaults on this device for a stage of {stage_steps} steps (`dambq.train.engine_settings`): "
              + "; ".join(f"{kind} {precision_label(fit_combo[q][0])}, "
                        f"{'compiled' if fit_combo[q][1] else 'eager'}" for kind, q in (("float", False), ("quantized", True)))
              + ".", "",

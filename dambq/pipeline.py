@@ -548,7 +548,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="bf16 autocast (auto: where the device has fast bf16)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="torch.compile inside fit (auto: `dambq.train.default_compile`: quantized models on "
-                             "CPUs with fast bf16, float ones too with AMX; CUDA eager)")
+                             "CPUs with fast bf16, float ones too with AMX, any model in stages of 2000+ steps on "
+                             "other CPUs; CUDA eager)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead; or cuda-graphs: the eager step as CUDA graphs "
                              "(dambq.graphs; with --compile on)")
     parser.add_argument("--time-budget", type=float, default=None,

@@ -84,33 +84,52 @@ def precision_label(amp: bool) -> str:
     return "bf16 autocast" if amp else "fp32"
 
 
-def default_compile(device: torch.device, quantized: bool = True) -> bool:
+# Steps after which compiling pays on a CPU without bf16 units: the slowest cold compilation
+# measured (85 s, quantized) over a quantized step's smallest saving (43 ms); a float step saves
+# some 30 ms over a compilation of under 50 s. AMD EPYC with AVX2 (results/step-speed.md, `python
+# benchmarks/step_speed.py --all --precision fp32`).
+COMPILE_PAYBACK_STEPS = 2000
+
+
+def default_compile(device: torch.device, quantized: bool = True, steps: int | None = None) -> bool:
     """torch.compile by default only where a measurement showed it pays: quantized models on
-    CPUs with fast bf16, and float models too on CPUs with AMX.
+    CPUs with fast bf16, float models too on CPUs with AMX, and any model on other CPUs in stages
+    of at least `COMPILE_PAYBACK_STEPS` training steps.
 
     Why so narrow: on an AMD EPYC with AVX512-BF16 (2 cores) compiling made the bf16 W4A4 +
     tracking step 24 % faster but the float step 8 % slower (results/step-speed-avx512bf16.md,
     `python benchmarks/step_speed.py --all`); on an Intel Xeon with AMX it made both faster, float
     by 15 % (results/step-speed-amx.md; the 30-epoch float stage pays its ~30 s of compilation back
-    several times over); on an AVX2-only EPYC the compiled fp32 quantized step is
-    10-15 % faster than eager and the float one no faster, but compiling takes 60-85 s (cold cache), which
-    pays back only after 3-5 CIFAR-10 epochs (results/step-speed.md): `compile=True` there for long
-    stages; on an H200 default-mode compilation made float and W4A4 epochs slower (results/gpu-lease-1.md),
-    so CUDA stays eager until a lease times CUDA graphs faster (`--compile on --compile-mode
-    reduce-overhead` asks for them; the GPU lease picks its mode from its own step profile)."""
-    return device.type == "cpu" and fast_bfloat16(device) and (quantized or has_amx(device))
+    several times over); on an AVX2-only EPYC the compiled fp32 steps are faster than eager, the
+    quantized one by about a quarter, the float one by up to a tenth (results/step-speed.md; one
+    earlier run saw no float gain), but compiling takes up to 85 s (cold cache), which pays back
+    only in a long stage, hence `steps`, the stage's training steps (None: unknown, eager); on an
+    H200 default-mode compilation made float and W4A4 epochs slower (results/gpu-lease-1.md), so
+    CUDA stays eager until a lease times CUDA graphs faster (`--compile on --compile-mode
+    reduce-overhead` asks for them; the GPU lease picks its mode from its own step profile).
+
+    Example:
+        >>> cpu = torch.device("cpu")
+        >>> default_compile(torch.device("cuda")), default_compile(cpu, quantized=False, steps=10) == has_amx(cpu)
+        (False, True)
+    """
+    if device.type != "cpu":
+        return False
+    if fast_bfloat16(device):
+        return quantized or has_amx(device)
+    return steps is not None and steps >= COMPILE_PAYBACK_STEPS
 
 
 def engine_settings(device: torch.device, amp: bool | None = None, compile: bool | None = None,
-                    channels_last: bool | None = None, quantized: bool = True) -> dict:
+                    channels_last: bool | None = None, quantized: bool = True, steps: int | None = None) -> dict:
     """The device and precision policy in one place: each None becomes this device's default
-    for a quantized (or, with quantized=False, a float) model.
+    for a quantized (or, with quantized=False, a float) model trained for `steps` steps (None: unknown).
 
     channels_last is on by default: on 2 CPU cores it speeds up the float and the W4A4
     step (results/step-speed.md vs results/step-speed-contiguous.md), and it is the layout
     tensor cores want."""
     return {"amp": default_amp(device) if amp is None else amp,
-            "compile": default_compile(device, quantized) if compile is None else compile,
+            "compile": default_compile(device, quantized, steps) if compile is None else compile,
             "channels_last": True if channels_last is None else channels_last}
 
 
@@ -368,12 +387,12 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
         raise ValueError(f"batch size {cfg.batch_size} does not split over {world_size} processes: the profile's "
                          "batch size is the global batch, so it must be a multiple of the world size")
     quantized = is_quantized(model)
-    settings = engine_settings(device, amp, compile, channels_last, quantized)
+    steps = steps_per_epoch(data_sizes(data)[0], cfg.batch_size, drop_last=True)
+    settings = engine_settings(device, amp, compile, channels_last, quantized, steps=cfg.epochs * steps)
     amp = settings["amp"]
     memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     generator = seed_everything(seed, device)
-    steps = steps_per_epoch(data_sizes(data)[0], cfg.batch_size, drop_last=True)
     streamed = isinstance(data, FolderData)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)

@@ -127,7 +127,7 @@ def test_precision_parity_trains_both_engines_per_seed_and_reads_finished_runs_b
 
     from dambq import train
     from dambq.pipeline import run_stage
-    monkeypatch.setattr(train, "default_compile", lambda device, quantized=True: False)
+    monkeypatch.setattr(train, "default_compile", lambda device, quantized=True, steps=None: False)
     monkeypatch.setattr(train, "fast_bfloat16", lambda device: True)  # the defaults differ from fp32 eager
     run_stage("float", "smoke", tmp_path / "float", progress=False)
     report = tmp_path / "parity.md"
@@ -248,7 +248,8 @@ def test_step_speed_report_names_fits_defaults_for_float_and_quantized(tmp_path,
     monkeypatch.setattr(sys, "argv", ["step_speed.py", "--steps", "2", "--out", str(out)])
     step_speed.main()
     line = next(x for x in out.read_text().splitlines() if "defaults on this device" in x)
-    assert re.fullmatch(r"`fit`'s defaults on this device \(`dambq\.train\.engine_settings`\): float [^;`]+, "
+    assert re.fullmatch(r"`fit`'s defaults on this device for a stage of 3900 steps \(`dambq\.train\.engine_settings`\): "
+                        r"float [^;`]+, "
                         r"(eager|compiled); quantized [^;`]+, (eager|compiled)\.", line), line
 
 
@@ -329,7 +330,32 @@ def test_quantizer_kernel_benchmark_times_every_row_and_writes_its_report(tmp_pa
     import quantizer_kernel
     out = tmp_path / "kernel.md"
     rows = quantizer_kernel.main(["--batch", "2", "--rounds", "2", "--no-compile", "--out", str(out)])
-    assert {(r["pass"], r["layout"]) for r in rows} == {(p, l) for p in ("relu", "quant, int64 n", "quant, float n",
-                                                                          "UniformAct") for l in quantizer_kernel.LAYOUTS}
+    assert {(r["pass"], r["layout"]) for r in rows} == {(p, l) for p in ("relu", *quantizer_kernel.KINDS)
+                                                         for l in quantizer_kernel.LAYOUTS}
+    assert "formulas, fusible + tracking" in quantizer_kernel.KINDS
     assert all(r["ms"] > 0 and not r["compiled"] for r in rows)
     assert "| relu | no | channels_last |" in out.read_text()
+
+
+def test_lba_schedule_runs_each_setting_from_one_parent_and_reads_finished_ones_back(tmp_path):
+    """benchmarks/lba_schedule.py under the smoke profile: one LBA stage per (lr, window), each
+    from a copy of the same W4A4 parent, tabulated against the float; a rerun trains nothing."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import lba_schedule
+
+    from dambq.pipeline import run_stage
+    parent = tmp_path / "parent"
+    for stage in ("float", "w4a4"):
+        run_stage(stage, "smoke", parent, progress=False)
+    argv = ["--parent", str(parent), "--profile", "smoke", "--settings", "0.01:0,1", "0.02:0,0", "--compile", "off",
+            "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "schedule.md")]
+    rows = lba_schedule.main(argv)
+    assert [(r["lr"], r["window"]) for r in rows] == [(0.01, (0, 1)), (0.02, (0, 0))]
+    assert all(r["weight_avg"] <= 2.0 and r["act_avg"] <= 2.0 and len(r["curve"]) == 3 for r in rows)
+    text = (tmp_path / "schedule.md").read_text()
+    assert "| 0.01 | 1-2 |" in text and "| 0.02 | 1-1 |" in text and "final - float" in text
+    stamp = (tmp_path / "runs" / "lr0.01-w0-1" / "lba.pt").stat().st_mtime
+    lba_schedule.main(argv)
+    assert (tmp_path / "runs" / "lr0.01-w0-1" / "lba.pt").stat().st_mtime == stamp  # read back, not retrained
+    with pytest.raises(SystemExit, match="w4a4.pt not found"):
+        lba_schedule.main(argv[:1] + [str(tmp_path / "nowhere")] + argv[2:])

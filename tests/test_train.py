@@ -137,6 +137,13 @@ def test_bf16_autocast_for_every_model_where_it_pays(monkeypatch):
     monkeypatch.setattr(train, "fast_bfloat16", lambda device: False)
     assert fit(build_model("resnet20"), data, cfg, device="cpu", progress=False)[0]["precision"] == "fp32"
     assert train.engine_settings(torch.device("cpu")) == {"amp": False, "compile": False, "channels_last": True}
+    # without bf16 units, models compile only for stages long enough to pay the compilation back
+    long, short = train.COMPILE_PAYBACK_STEPS, train.COMPILE_PAYBACK_STEPS - 1
+    for quantized in (True, False):
+        assert train.engine_settings(torch.device("cpu"), quantized=quantized, steps=long)["compile"]
+        assert not train.engine_settings(torch.device("cpu"), quantized=quantized, steps=short)["compile"]
+    quantized = dambq.convert(build_model("resnet20"))
+    assert fit(quantized, data, cfg, device="cpu", progress=False)[0]["compiled"] is False  # 3 steps: eager
     assert not train.engine_settings(torch.device("cuda"))["compile"]  # compiled epochs were slower on an H200
     assert not train.fast_bfloat16(torch.device("meta"))
 
