@@ -101,7 +101,7 @@ def default_compile(device: torch.device, quantized: bool = True, steps: int | N
     `python benchmarks/step_speed.py --all`); on an Intel Xeon with AMX it made both faster, float
     by 15 % (results/step-speed-amx.md; the 30-epoch float stage pays its ~30 s of compilation back
     several times over); on an AVX2-only EPYC the compiled fp32 steps are faster than eager, the
-    quantized one by about a quarter, the float one by up to a tenth (results/step-speed.md; one
+    quantized one by about a fifth, the float one by up to a tenth (results/step-speed.md; one
     earlier run saw no float gain), but compiling takes up to 85 s (cold cache), which pays back
     only in a long stage, hence `steps`, the stage's training steps (None: unknown, eager); on an
     H200 default-mode compilation made float and W4A4 epochs slower (results/gpu-lease-1.md), so
