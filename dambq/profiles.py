@@ -115,7 +115,8 @@ PROFILES: dict[str, Profile] = {
         lba_window=(0, 4),
         arch="resnet20",
         note="CPU-scale: the paper's pipeline on the CIFAR-10 JPEG copy in about 35 minutes on 2 cores with "
-             "bf16 units (results/quick-cpu-epyc-family26.md); short schedules, not a reproduction of the paper's "
+             "bf16 units (results/quick-cpu-epyc-family26.md), about two hours in fp32 without them "
+             "(results/quick-cpu-epyc-family25.md); short schedules, not a reproduction of the paper's "
              "numbers; the authors' ResNet20 (1x1 conv shortcuts); results/quick-cpu-zeropad-amx.md has earlier "
              "runs on resnet20_zeropad (--arch resnet20_zeropad)"),
     "imagenet": Profile(
