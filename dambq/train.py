@@ -388,7 +388,13 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
                          "batch size is the global batch, so it must be a multiple of the world size")
     quantized = is_quantized(model)
     steps = steps_per_epoch(data_sizes(data)[0], cfg.batch_size, drop_last=True)
-    settings = engine_settings(device, amp, compile, channels_last, quantized, steps=cfg.epochs * steps)
+    state = None
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, map_location=device)
+    start_epoch = state["epoch"] + 1 if state is not None else 0
+    # compilation pays back over the steps still to run: a resumed stage with one epoch left stays eager
+    settings = engine_settings(device, amp, compile, channels_last, quantized,
+                               steps=(cfg.epochs - start_epoch) * steps)
     amp = settings["amp"]
     memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
@@ -396,11 +402,10 @@ def fit(model: nn.Module, data: Cifar10, cfg: StageConfig, *, device: str | torc
     streamed = isinstance(data, FolderData)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
-    history, start_epoch = [], 0
-    if checkpoint is not None and resume and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, map_location=device)
+    history = []
+    if state is not None:
         _restore(state, model, optimizer, scheduler, allocator, generator)
-        history, start_epoch = state["metrics"], state["epoch"] + 1
+        history = state["metrics"]
     step_model = model
     if world_size > 1:  # gradients all-reduced by DDP; buffers (BatchNorm, quantizer EMAs) follow rank 0
         from torch.nn.parallel import DistributedDataParallel

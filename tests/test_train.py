@@ -120,6 +120,34 @@ def test_unknown_profile_and_stage():
         run_stage("w3a3")
 
 
+def test_resumed_stage_decides_compilation_from_the_steps_left(tmp_path, monkeypatch):
+    # without bf16 units a stage compiles only if it has COMPILE_PAYBACK_STEPS steps to run; a stage
+    # resumed with one epoch left has a third of its 6 steps to go, too few to pay a compilation back
+    from dambq import train
+    monkeypatch.setattr(train, "fast_bfloat16", lambda device: False)
+    monkeypatch.setattr(train, "COMPILE_PAYBACK_STEPS", 4)
+    asked = []
+    eager_step = train.step_function
+
+    def spy(model, compile, mode=None):  # records the decision, runs eager (no 60 s compilation here)
+        asked.append(compile)
+        return eager_step(model, False, mode)
+    monkeypatch.setattr(train, "step_function", spy)
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        raise Killed
+    with pytest.raises(Killed):
+        fit(build_model("resnet20"), small_data(), CFG, device="cpu", checkpoint=tmp_path / "c.pt",
+            progress=False, on_epoch_end=kill)
+    history = fit(build_model("resnet20"), small_data(), CFG, device="cpu", checkpoint=tmp_path / "c.pt",
+                  progress=False)
+    assert asked == [True, False]  # 6 steps to run: compile; 3 left: eager
+    assert [r["compiled"] for r in history] == [True, False]
+
+
 def test_bf16_autocast_for_every_model_where_it_pays(monkeypatch):
     from dambq import train
     data, cfg = small_data(), StageConfig(epochs=1, lr=0.05, batch_size=64)
