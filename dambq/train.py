@@ -103,7 +103,7 @@ def default_compile(device: torch.device, quantized: bool = True, steps: int | N
     several times over); on an AVX2-only EPYC the compiled fp32 steps are faster than eager, the
     quantized one by about a fifth, the float one by up to a tenth (results/step-speed.md; one
     earlier run saw no float gain), but compiling takes up to 85 s (cold cache), which pays back
-    only in a long stage, hence `steps`, the stage's training steps (None: unknown, eager); on an
+    only in a long stage, hence `steps`, the training steps still to run (None: unknown, eager); on an
     H200 default-mode compilation made float and W4A4 epochs slower (results/gpu-lease-1.md), so
     CUDA stays eager until a lease times CUDA graphs faster (`--compile on --compile-mode
     reduce-overhead` asks for them; the GPU lease picks its mode from its own step profile).
