@@ -359,3 +359,11 @@ def test_lba_schedule_runs_each_setting_from_one_parent_and_reads_finished_ones_
     assert (tmp_path / "runs" / "lr0.01-w0-1" / "lba.pt").stat().st_mtime == stamp  # read back, not retrained
     with pytest.raises(SystemExit, match="w4a4.pt not found"):
         lba_schedule.main(argv[:1] + [str(tmp_path / "nowhere")] + argv[2:])
+    # --seeds repeats a setting with another seed in a folder of its own and adds the mean
+    seeded = lba_schedule.main(argv[:5] + ["0.02:0,0", "--seeds", "0", "1"] + argv[7:])
+    assert [(r["lr"], r["seed"]) for r in seeded] == [(0.02, 0), (0.02, 1)]
+    assert (tmp_path / "runs" / "lr0.02-w0-0-s1" / "lba-s1.pt").exists()
+    assert seeded[0]["top1"] == rows[1]["top1"]  # seed 0 read back from the run above
+    text = (tmp_path / "schedule.md").read_text()
+    mean = (seeded[0]["top1"] + seeded[1]["top1"]) / 2
+    assert "Mean over seeds" in text and f"| 0.02 | 1-1 | 2 | {mean:.2f} |" in text and "--seeds 0 1" in text
