@@ -4,7 +4,7 @@
         --root runs/lba-schedule --out results/lba-schedule.md
     python benchmarks/lba_schedule.py --stage w4a4 --parent runs/qp --settings 0.01 0.02 \
         --root runs/w4a4-schedule --out results/w4a4-schedule.md
-    python benchmarks/lba_schedule.py --stage w4a4 --parent runs/quick --settings 0.01 0.005 \
+    python benchmarks/lba_schedule.py --stage w4a4 --parent runs/quick --settings 0.01 0.005 0.002 \
         --seeds 0 1 --root runs/w4a4-lr --out results/w4a4-lr.md
 
 Each setting is one stage of the profile (the LBA stage: 10 quick epochs to W2.0A2.0; or the
@@ -42,6 +42,11 @@ def parse_setting(text: str) -> tuple[float, tuple[int, int] | None]:
         return float(lr), None
     first, last = (int(v) for v in window.split(","))
     return float(lr), (first, last)
+
+
+def window_label(window: tuple[int, int] | None) -> str:
+    """(0, 4) -> '1-5': the epochs (counted from 1) in which bits are lowered; '-' for none."""
+    return f"{window[0] + 1}-{window[1] + 1}" if window else "-"
 
 
 def folder_name(lr: float, window: tuple[int, int] | None, seed: int = 0) -> str:
@@ -123,8 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
              "|---|---|---|---|---|" + ("---|" if float_top1 is not None else "") + "---|---|---|---|"]
     for r in rows:
         gap = f" {r['top1'] - float_top1:+.2f} |" if float_top1 is not None else ""
-        window = f"{r['window'][0] + 1}-{r['window'][1] + 1}" if r["window"] else "-"
-        lines.append(f"| {r['lr']:g} | {window} | {r['seed']} | {r['top1']:.2f} | {r['best']:.2f} |"
+        lines.append(f"| {r['lr']:g} | {window_label(r['window'])} | {r['seed']} | {r['top1']:.2f} | {r['best']:.2f} |"
                      f"{gap} {r['weight_avg']:.3f} | {r['act_avg']:.3f} | {r['minutes']:.1f} | "
                      + " ".join(f"{v:.1f}" for v in r["curve"]) + " |")
     if len(args.seeds) > 1:
@@ -135,8 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             lr, window = parse_setting(text)
             group = [r for r in rows if (r["lr"], r["window"]) == (lr, window)]
             final, best = (sum(r[k] for r in group) / len(group) for k in ("top1", "best"))
-            span = f"{window[0] + 1}-{window[1] + 1}" if window else "-"
-            lines.append(f"| {lr:g} | {span} | {len(group)} | {final:.2f} | {best:.2f} |"
+            lines.append(f"| {lr:g} | {window_label(window)} | {len(group)} | {final:.2f} | {best:.2f} |"
                          + (f" {final - float_top1:+.2f} |" if float_top1 is not None else ""))
     text = "\n".join(lines) + "\n"
     print(text)

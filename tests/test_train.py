@@ -122,7 +122,7 @@ def test_unknown_profile_and_stage():
 
 def test_resumed_stage_decides_compilation_from_the_steps_left(tmp_path, monkeypatch):
     # without bf16 units a stage compiles only if it has COMPILE_PAYBACK_STEPS steps to run; a stage
-    # resumed with one epoch left has a third of its 6 steps to go, too few to pay a compilation back
+    # resumed with one of its two epochs left has 3 of its 6 steps to go, too few to pay a compilation back
     from dambq import train
     monkeypatch.setattr(train, "fast_bfloat16", lambda device: False)
     monkeypatch.setattr(train, "COMPILE_PAYBACK_STEPS", 4)
