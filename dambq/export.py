@@ -25,13 +25,19 @@ integer form). Sizes: `python benchmarks/export_sizes.py` -> results/export.md.
 Example:
     >>> import dambq, torch, tempfile, os
     >>> from dambq.models import build_model
+    >>> _ = torch.manual_seed(0)
     >>> q = dambq.convert(build_model("resnet20"), weight_bits=2, act_bits=2).eval()
     >>> path = os.path.join(tempfile.mkdtemp(), "r20.dambq")
     >>> sizes = save_packed(q, path)
     >>> x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     >>> packed, fake = load_packed(path)(x), q(x).detach()
-    >>> float((packed - fake).norm() / fake.norm()) < 1e-2   # equal but for rare rounding-boundary flips
+    >>> float((packed - fake).norm() / fake.norm()) < 5e-2
     True
+
+    The two agree to float rounding (about 1e-7 here), except that an activation sitting on a
+    rounding boundary may land one level apart, and the CPU's convolution kernels decide which
+    do: one such flip moves this random model's two logit rows by about 1 % (seen in CI, not on
+    the CPU that wrote the example); tests/test_export.py checks 1e-4 on inputs without flips.
 
 Why ~490 lines: the packed format and the forward that reads it change together; a
 version bump touches both.
