@@ -17,6 +17,8 @@ model with its curve still rising, and W4A4 0.4-0.7 under it (results/quick-cpu*
 question is which schedule spends those few epochs best. With one seed per setting a difference
 of a few tenths of a point may be noise; `--seeds` repeats every setting (data order, clip
 calibration batch and allocator draws follow the seed) and the table adds each setting's mean.
+`--stage` runs any stage that starts from W4A4 or float (lba_kd: LBA with distillation from the
+float, an extension); `--epochs` lengthens it (folder `lr0.1-w0-4-e15`).
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dambq.pipeline import stage_file
+from dambq.pipeline import STAGES, stage_file
 
-PARENTS = {"lba": "w4a4", "w4a4": "float"}  # the stage each one starts from
-PARENT_FILES = {"lba": ("float.pt", "float.json", "w4a4.pt", "w4a4.json", "w4a4.csv"),
-                "w4a4": ("float.pt", "float.json", "float.csv")}
+# what a stage's folder needs from --parent, by the stage it starts from (float: a distilling stage's teacher)
+PARENT_FILES = {"w4a4": ("float.pt", "float.json", "w4a4.pt", "w4a4.json", "w4a4.csv"),
+                "float": ("float.pt", "float.json", "float.csv")}
+# every stage that starts from one of those: lba, lba_kd, w2a2_fixed; w4a4 and its variants
+PARENTS = {name: spec.parent for name, spec in STAGES.items() if spec.parent in PARENT_FILES}
 
 
 def parse_setting(text: str) -> tuple[float, tuple[int, int] | None]:
@@ -49,20 +53,22 @@ def window_label(window: tuple[int, int] | None) -> str:
     return f"{window[0] + 1}-{window[1] + 1}" if window else "-"
 
 
-def folder_name(lr: float, window: tuple[int, int] | None, seed: int = 0) -> str:
-    return f"lr{lr:g}" + (f"-w{window[0]}-{window[1]}" if window else "") + (f"-s{seed}" if seed else "")
+def folder_name(lr: float, window: tuple[int, int] | None, seed: int = 0, epochs: int | None = None) -> str:
+    return (f"lr{lr:g}" + (f"-w{window[0]}-{window[1]}" if window else "") + (f"-e{epochs}" if epochs else "")
+            + (f"-s{seed}" if seed else ""))
 
 
 def run_setting(stage: str, parent: Path, folder: Path, lr: float, window: tuple[int, int] | None, args,
                 seed: int = 0) -> None:
     """Copy the parent's checkpoints into `folder` and run `stage` there (a finished one is kept)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in PARENT_FILES[stage]:
+    for name in PARENT_FILES[PARENTS[stage]]:
         if (parent / name).exists() and not (folder / name).exists():
             shutil.copy2(parent / name, folder / name)
     command = [sys.executable, "-m", "dambq.pipeline", "--profile", args.profile, "--stages", stage, "--out",
                str(folder), "--lr", f"{lr:g}", "--compile", args.compile, "--no-progress",
                *(["--window", f"{window[0]},{window[1]}"] if window else []), *(["--seed", str(seed)] if seed else []),
+               *(["--epochs", str(args.epochs)] if args.epochs else []),
                *(["--data", args.data] if args.data else [])]
     summary = folder / f"{stage_file(stage, seed=seed)}.json"
     if not summary.exists() or not json.loads(summary.read_text()).get("finished"):
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--parent", default="runs/quick", help="folder holding the parent checkpoint (and its float)")
     parser.add_argument("--settings", nargs="+", default=["0.02:0,4", "0.05:0,4"], help="LR:FIRST,LAST ...")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="run every setting with each seed")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of the stage (else the profile's)")
     parser.add_argument("--root", default="runs/lba-schedule")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
@@ -105,24 +112,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for seed in args.seeds:  # every setting once before any is repeated: a cut-off run still compares them all
         for text in args.settings:
             lr, window = parse_setting(text)
-            folder = root / folder_name(lr, window, seed)
+            folder = root / folder_name(lr, window, seed, args.epochs)
             run_setting(args.stage, parent, folder, lr, window, args, seed)
             rows.append({"folder": str(folder), **read_run(args.stage, folder, seed)})
             print(rows[-1], flush=True)
     float_top1 = json.loads((parent / "float.json").read_text())["top1"] if (parent / "float.json").exists() else None
     devices = sorted({r["device"] + ", " + r["precision"] for r in rows})
-    what = "its LBA stage (targets W2.0A2.0)" if args.stage == "lba" else "its W4A4 stage"
+    allocates = STAGES[args.stage].allocate
+    what = (f"its {args.stage} stage ({STAGES[args.stage].description}" + ("; targets W2.0A2.0)" if allocates else ")")
+            + (f" for {args.epochs} epochs" if args.epochs else ""))
     stage_flag = "" if args.stage == "lba" else f" --stage {args.stage}"
     seeds_flag = f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else ""
+    seeds_flag += f" --epochs {args.epochs}" if args.epochs else ""
     seeds_text = "one seed each" if len(args.seeds) == 1 else f"seeds {', '.join(map(str, args.seeds))} of each"
     lines = [f"# {args.stage} stage schedule: one parent, several learning rates"
-             + (" and allocation windows" if args.stage == "lba" else ""), "",
+             + (" and allocation windows" if allocates else ""), "",
              f"Command: `python benchmarks/lba_schedule.py{stage_flag} --parent {args.parent} --settings "
              f"{' '.join(args.settings)}{seeds_flag} --root {args.root} --out {args.out}`", "",
              f"Parent: {args.parent}/{start}.pt, top-1 {rows[0]['parent']:.2f}"
              + (f", from a float model at {float_top1:.2f}" if float_top1 is not None and start != "float" else "")
              + f". Profile {args.profile}: {what}, with the lr"
-             + (" and window" if args.stage == "lba" else "") + f" below; {seeds_text}. Device: {'; '.join(devices)}.", "",
+             + (" and window" if allocates else "") + f" below; {seeds_text}. Device: {'; '.join(devices)}.", "",
              "| lr | bits lowered in epochs | seed | top-1 final | best | "
              + ("final - float | " if float_top1 is not None else "") + "W avg | A avg | minutes | top-1 per epoch |",
              "|---|---|---|---|---|" + ("---|" if float_top1 is not None else "") + "---|---|---|---|"]

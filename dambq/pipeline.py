@@ -64,6 +64,8 @@ STAGES: dict[str, Stage] = {
                           description="W4A4 with V2's fixed Laplace table"),
     "w4a4_kd": Stage("float", "w4a4", codebook=RECIPE, teacher="float",
                      description="W4A4 as w4a4, plus distillation from the float model (extension)"),
+    "lba_kd": Stage("w4a4", "lba", codebook=RECIPE, allocate=True, teacher="float",
+                    description="LBA as lba, plus distillation from the float model (extension)"),
     "w4a32": Stage("float", "w4a4", codebook=RECIPE, act_bits=None,
                    description="W4A32: DMBQ weights only, inputs stay float"),
     "lba_a32": Stage("w4a32", "lba", codebook=RECIPE, act_bits=None, allocate=True,
@@ -320,7 +322,9 @@ def build_stage_model(stage: str, profile: Profile, out: Path, device: torch.dev
         return model
     parent = STAGES[spec.parent]
     parent_state = load_checkpoint(out / f"{spec.parent}.pt", map_location="cpu")
-    parent_epochs = getattr(profile, parent.schedule).epochs
+    # finished is judged by the parent's own schedule, as its checkpoint records it: a child run with other
+    # --epochs (benchmarks/lba_schedule.py --epochs 15) does not ask for the parent to be retrained
+    parent_epochs = parent_state.get("config", {}).get("epochs", getattr(profile, parent.schedule).epochs)
     if parent_state["epoch"] + 1 < parent_epochs:
         raise ValueError(f"stage {stage!r} starts from {spec.parent!r}, which stopped after epoch "
                          f"{parent_state['epoch'] + 1} of {parent_epochs} (a time budget ran out?); "
@@ -355,7 +359,7 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
     to `<out>/<stage_file>.json`.
 
     Args:
-        stage: a name in `STAGES` (float, w4a4, lba, w4a32, lba_a32, baselines).
+        stage: a name in `STAGES` (float, w4a4, lba, w4a32, lba_a32, baselines, extensions: w4a4_kd, lba_kd).
         profile: a `Profile` or its name (schedules, network, recipe, data limits).
         out: the runs folder; the stage's parent checkpoint is read from it.
         data, data_root: the data (else loaded by the profile from `data_root`).
@@ -430,6 +434,8 @@ def run_stage(stage: str, profile: Profile | str = "smoke", out: str | Path = "r
                "wall_minutes_this_call": (time.perf_counter() - started) / 60}
     if spec.codebook is not None:
         summary["weight_avg"], summary["act_avg"] = average_bits(model)
+    if spec.teacher is not None:
+        summary["teacher"] = spec.teacher
     if allocator is not None:
         summary["allocation"] = allocator.history
         summary["targets"] = [weight_target, act_target]

@@ -367,3 +367,10 @@ def test_lba_schedule_runs_each_setting_from_one_parent_and_reads_finished_ones_
     text = (tmp_path / "schedule.md").read_text()
     mean = (seeded[0]["top1"] + seeded[1]["top1"]) / 2
     assert "Mean over seeds" in text and f"| 0.02 | 1-1 | 2 | {mean:.2f} |" in text and "--seeds 0 1" in text
+    # any stage that starts from W4A4 (or float): LBA with distillation copies the float teacher in too
+    # and for other than the profile's epochs (smoke LBA: 3), in a folder named by them
+    kd = lba_schedule.main(["--stage", "lba_kd"] + argv[:5] + ["0.02:0,0", "--compile", "off", "--epochs", "2",
+                            "--root", str(tmp_path / "kd"), "--out", str(tmp_path / "kd.md")])
+    assert kd[0]["weight_avg"] <= 2.0 and len(kd[0]["curve"]) == 2
+    assert (tmp_path / "kd" / "lr0.02-w0-0-e2" / "lba_kd.pt").exists()
+    assert "--stage lba_kd" in (tmp_path / "kd.md").read_text() and "--epochs 2" in (tmp_path / "kd.md").read_text()

@@ -54,6 +54,20 @@ def test_every_setting_is_a_flag_and_recorded(tmp_path, capsys):
     assert row["arch"] == "resnet20" and row["epochs_trained"] == 2
 
 
+def test_lba_with_distillation_allocates_to_the_targets_and_learns_from_the_float(tmp_path, monkeypatch):
+    """Stage lba_kd (an extension): LBA's allocation, with every training step's loss from the float teacher."""
+    from dambq import pipeline
+    calls, forward = [], pipeline.Distillation.forward
+    monkeypatch.setattr(pipeline.Distillation, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    for stage in ("float", "w4a4"):
+        pipeline.run_stage(stage, "smoke", tmp_path, progress=False)
+    assert not calls
+    kd = pipeline.run_stage("lba_kd", "smoke", tmp_path, progress=False)
+    assert kd["weight_avg"] <= 2.0 and kd["act_avg"] <= 2.0 and kd["teacher"] == "float"
+    assert len(calls) >= kd["epochs_done"] == 3  # at least a step per epoch went through the teacher
+    assert (tmp_path / "lba_kd.pt").exists() and not (tmp_path / "lba.pt").exists()
+
+
 def test_report_with_stages_runs_them_first_and_report_alone_only_reports(tmp_path):
     # before: --report with --stages skipped the stages and failed on the empty folder
     report = tmp_path / "report.md"
