@@ -235,8 +235,9 @@ class Distillation(nn.Module):
     """A loss hook for `fit`: (1 - weight) * cross-entropy + weight * KL(teacher || student).
 
     Temperature 1: the teacher is the student's own float parent, already close; its full
-    distribution is the target, not a softened one. An extension, off by default: one run
-    each helped and hurt (results/quick-cpu-zeropad-amx.md, results/quick-cpu-clip3.md). A module, so
+    distribution is the target, not a softened one. An extension, off by default: in W4A4 one run
+    each helped and hurt (results/quick-cpu-zeropad-amx.md, results/quick-cpu-clip3.md); in LBA (stage
+    lba_kd) it helped both seeds (results/lba-kd-from-w4a4-lr0.005.md). A module, so
     that `fit` moves the teacher to the training device with the model.
 
     Example:
