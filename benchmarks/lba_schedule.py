@@ -122,13 +122,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     what = (f"its {args.stage} stage ({STAGES[args.stage].description}" + ("; targets W2.0A2.0)" if allocates else ")")
             + (f" for {args.epochs} epochs" if args.epochs else ""))
     stage_flag = "" if args.stage == "lba" else f" --stage {args.stage}"
-    seeds_flag = f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else ""
-    seeds_flag += f" --epochs {args.epochs}" if args.epochs else ""
+    flags = f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else ""
+    flags += f" --epochs {args.epochs}" if args.epochs else ""
     seeds_text = "one seed each" if len(args.seeds) == 1 else f"seeds {', '.join(map(str, args.seeds))} of each"
     lines = [f"# {args.stage} stage schedule: one parent, several learning rates"
              + (" and allocation windows" if allocates else ""), "",
              f"Command: `python benchmarks/lba_schedule.py{stage_flag} --parent {args.parent} --settings "
-             f"{' '.join(args.settings)}{seeds_flag} --root {args.root} --out {args.out}`", "",
+             f"{' '.join(args.settings)}{flags} --root {args.root} --out {args.out}`", "",
              f"Parent: {args.parent}/{start}.pt, top-1 {rows[0]['parent']:.2f}"
              + (f", from a float model at {float_top1:.2f}" if float_top1 is not None and start != "float" else "")
              + f". Profile {args.profile}: {what}, with the lr"
