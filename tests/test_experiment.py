@@ -55,7 +55,7 @@ def test_every_setting_is_a_flag_and_recorded(tmp_path, capsys):
 
 
 def test_lba_with_distillation_allocates_to_the_targets_and_learns_from_the_float(tmp_path, monkeypatch):
-    """Stage lba_kd (an extension): LBA's allocation, with every training step's loss from the float teacher."""
+    """Stage lba_kd (an extension): LBA's allocation, its training loss from the float teacher (Distillation)."""
     from dambq import pipeline
     calls, forward = [], pipeline.Distillation.forward
     monkeypatch.setattr(pipeline.Distillation, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
