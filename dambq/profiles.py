@@ -121,9 +121,10 @@ PROFILES: dict[str, Profile] = {
         lba=StageConfig(epochs=15, lr=0.1, batch_size=128),
         lba_window=(0, 4),
         arch="resnet20",
-        note="CPU-scale: the paper's pipeline on the CIFAR-10 JPEG copy in about 40 minutes on 2 cores with "
-             "bf16 units (34.4 with ten LBA epochs, results/quick-cpu-epyc-family26.md), about two hours in fp32 "
-             "without them (results/quick-cpu-epyc-family25-lba15.md); short schedules, not a reproduction of the paper's "
+        note="CPU-scale: the paper's pipeline on the CIFAR-10 JPEG copy on 2 cores in 34.4 min with bf16 units "
+             "and ten LBA epochs (results/quick-cpu-epyc-family26.md; fifteen not yet measured there), 122 min "
+             "in fp32 without them (results/quick-cpu-epyc-family25-lba15.md); short schedules, not a "
+             "reproduction of the paper's "
              "numbers; the authors' ResNet20 (1x1 conv shortcuts); results/quick-cpu-zeropad-amx.md has earlier "
              "runs on resnet20_zeropad (--arch resnet20_zeropad)"),
     "imagenet": Profile(
