@@ -31,7 +31,7 @@ from pathlib import Path
 
 from dambq.pipeline import device_name, load_data, run_stage, stage_file
 from dambq.profiles import get_profile, target_label
-from dambq.report import frontier_run_lines, parent_label, read_frontier_runs
+from dambq.report import frontier_run_lines, off_schedule, parent_label, read_frontier_runs
 from dambq.train import resolve_device
 from dambq.workbook import frontier_row, frontier_verdict
 
@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     earlier = [] if args.fresh or not report.exists() else [
         r for r in read_frontier_runs(report)
         if r["parent"] != parent or (not args.repeat and not finished(out / f"{r['file']}.json"))]
-    if any(r["profile"] != profile.name for r in earlier):
-        raise SystemExit(f"{report} holds runs of profile {earlier[0]['profile']}, not {profile.name}: pass another "
-                         "--report, or --fresh to start it over")
+    off = next((why for r in earlier if (why := off_schedule(r, profile))), None)
+    if off:  # methods are compared on equal training: runs of another profile or LBA length cannot join them
+        raise SystemExit(f"{report} holds runs of {off}: pass another --report, or --fresh to start it over")
     if earlier:
         same = sum(r["parent"] == parent for r in earlier)
         print(f"kept from {report}: {len(earlier)} runs ({same} of this same parent, {parent}, whose files are not "

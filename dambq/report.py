@@ -175,6 +175,31 @@ def frontier_run_lines(runs: list[dict]) -> list[str]:
         f"{r['act_avg']:.3f} | {r['epochs_done']} | {r['file']} |" for r in runs]
 
 
+def off_schedule(run: dict, profile) -> str | None:
+    """Why an allocation run cannot stand beside `profile`'s in one frontier, or None if it can: it
+    trained another profile, or its `lba` stage for another number of epochs. `run` is a row of
+    `read_frontier_runs` or a stage summary; a key it lacks is not held against it.
+
+    Why: a frontier compares allocation methods on equal training. When the quick profile's LBA stage
+    went from 10 to 15 epochs, notebook 03 drew its 15-epoch LBA run beside the report's 10-epoch
+    rivals and called LBA the winner: the longer schedule, credited to the allocation. The frontier
+    benchmark refuses such a report, notebook 03 leaves such runs out (`dambq.workbook.frontier_rows`).
+
+    Example:
+        >>> from dambq.profiles import get_profile
+        >>> quick = get_profile("quick")
+        >>> off_schedule({"profile": "quick", "epochs_done": quick.lba.epochs}, quick) is None
+        True
+        >>> off_schedule({"profile": "smoke", "epochs_done": 1}, quick)
+        'profile smoke'
+    """
+    if run.get("profile", profile.name) != profile.name:
+        return f"profile {run['profile']}"
+    if run.get("epochs_done", profile.lba.epochs) != profile.lba.epochs:
+        return f"{run['epochs_done']} LBA epochs, not the {profile.name} profile's {profile.lba.epochs}"
+    return None
+
+
 def read_frontier_runs(path: str | Path) -> list[dict]:
     """The runs of an allocation-frontier report, as `frontier_run_lines` wrote them, each with the
     profile its header names.

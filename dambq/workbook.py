@@ -129,7 +129,9 @@ def frontier_rows(runs_dir: str | Path, report: str | Path | None = None, profil
     on; with `report` (the frontier's results/allocation-frontier.md) also the runs it lists that this
     folder does not hold (from other W4A4 parents, or from this one by a session whose folder is gone),
     which is all of them on a clone that has not run the frontier itself; with
-    `profile`, only if the report's runs are of that profile (a smoke notebook draws no quick runs).
+    `profile`, only the runs of that profile's LBA schedule (`dambq.report.off_schedule`: a smoke
+    notebook draws no quick runs, a 15-epoch LBA run no 10-epoch rivals), with a warning that names
+    what was left out.
 
     Example:
         >>> frontier_rows("runs/none-here")
@@ -139,21 +141,42 @@ def frontier_rows(runs_dir: str | Path, report: str | Path | None = None, profil
 
     from .report import parent_label, read_frontier_runs
     runs_dir = Path(runs_dir)
+    prof = get_profile(profile) if profile is not None else None
     parent_file = runs_dir / "w4a4.json"
     parent = parent_label(json.loads(parent_file.read_text())) if parent_file.exists() else None
-    rows = []
+    rows, found = [], []
     for path in sorted(runs_dir.glob("lba*.json")):
         s = json.loads(path.read_text())
         if s.get("stage") != "lba" or not s.get("finished"):
             continue
+        found.append(s)
         rows.append({"method": s.get("allocator", {}).get("signal", "lba"), "target": target_label(*s["targets"]),
                      "seed": s.get("seed", 0), "parent": parent, "top1": s["top1"], "weight_bits": s["weight_avg"],
                      "act_bits": s["act_avg"], "file": path.stem})
+    if prof is not None:
+        rows = _on_schedule(rows, found, prof, runs_dir)
     if report is not None and Path(report).exists():
         here = rows[:]
-        rows += [frontier_row(r) for r in read_frontier_runs(report) if (profile is None or r["profile"] == profile)
-                 and not any(_same_run(r, f) for f in here)]
+        recorded = [r for r in read_frontier_runs(report) if not any(_same_run(r, f) for f in here)]
+        if prof is not None:
+            recorded = _on_schedule(recorded, recorded, prof, report)
+        rows += [frontier_row(r) for r in recorded]
     return rows
+
+
+def _on_schedule(rows: list, runs: list[dict], profile, source) -> list:
+    """`rows` less those whose run (same place in `runs`) is off `profile`'s schedule, with a warning naming them."""
+    import warnings
+
+    from .report import off_schedule
+    why = [off_schedule(run, profile) for run in runs]
+    told = [w for run, w in zip(runs, why) if w and run.get("profile", profile.name) == profile.name]
+    if told:  # runs of another profile go unmentioned: a smoke notebook would otherwise warn about every quick run
+        count = len(told)
+        warnings.warn(f"{count} run{'s' if count > 1 else ''} of {source} left out: "
+                      f"{', '.join(sorted(set(told)))} (python benchmarks/allocation_frontier.py "
+                      f"--profile {profile.name} --fresh trains a frontier of its own)", stacklevel=3)
+    return [row for row, w in zip(rows, why) if not w]
 
 
 def _same_run(recorded: dict, found: dict) -> bool:
@@ -259,8 +282,11 @@ def setup(profile: str = "auto", runs_dir: str | Path | None = None, figures_dir
         profile, runs_dir, figures_dir, device: the notebook's `parameters` cell values.
         **profile_overrides: passed to `get_profile` (e.g. act_clip_init).
     """
+    import warnings
+
     import pandas as pd
     os.chdir(find_root())  # runs/ and figures/ in one place wherever the kernel started
+    warnings.formatwarning = _plain_warning
     profile = resolve_profile(profile)
     prof = get_profile(profile, **profile_overrides)
     runs, figures = output_dirs(profile, runs_dir, figures_dir)
@@ -269,6 +295,12 @@ def setup(profile: str = "auto", runs_dir: str | Path | None = None, figures_dir
     print(f"profile {profile}: {prof.note}")
     print(f"runs in {runs}/, figures in {figures}/, device {device}")
     return Setup(profile, prof, runs, figures, device)
+
+
+def _plain_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as a notebook shows it: its kind and message, not the kernel's temporary file for the
+    cell ("/tmp/ipykernel_123/456.py:1:"), which says nothing and would be committed with the outputs."""
+    return f"{category.__name__}: {message}\n"
 
 
 def print_epoch(record: dict) -> None:
@@ -459,6 +491,25 @@ def commit_outputs(executed: list[Path], notebooks_dir: Path = REPO_ROOT / "note
     return written
 
 
+def notebook_path(path: str | Path) -> str:
+    """A path given on the command line, as the notebooks (which run from the repository root) take it:
+    relative to the repository root when inside it, else absolute; relative paths are read from the
+    caller's folder.
+
+    Why: the executed notebooks print their folders, and committed outputs that name one machine's
+    checkout ("runs in /home/me/dambq/runs/...") are wrong on every other.
+
+    Example:
+        >>> notebook_path(REPO_ROOT / "runs" / "quick-e15")
+        'runs/quick-e15'
+    """
+    resolved = Path(path).expanduser().resolve()
+    try:
+        return resolved.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: python -m dambq.workbook --profile auto|smoke|quick|paper [--device] [--data]."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -476,12 +527,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="copy the executed notebooks over notebooks/ (their first cell should name "
                              "the profile; tests check the outputs against it)")
     args = parser.parse_args(argv)
-    # the notebooks run from the repository root: paths given here are relative to the caller's folder
-    for key in ("data", "runs_dir", "float_checkpoint", "out"):
-        if getattr(args, key):
-            setattr(args, key, str(Path(getattr(args, key)).expanduser().resolve()))
-    if args.figures_dir != "figures":
-        args.figures_dir = str(Path(args.figures_dir).expanduser().resolve())
+    for key in ("data", "runs_dir", "float_checkpoint", "out", "figures_dir"):  # "figures": the repository's
+        if getattr(args, key) and (key != "figures_dir" or args.figures_dir != "figures"):
+            setattr(args, key, notebook_path(getattr(args, key)))
     profile = resolve_profile(args.profile)
     notebooks = NOTEBOOKS if not args.only else tuple(
         n for n in NOTEBOOKS if n.split("_")[0] in {s.strip().zfill(2) for s in args.only.split(",")})

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dambq.profiles import get_profile
 from dambq.train import default_amp, precision_label
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,8 @@ def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
     # (a fresh clone used to repeat every run the last machine had finished)
     report.write_text("# Allocation frontier\n\nProfile `smoke` (...); device CPU (elsewhere).\n\n"
                       "| target | method | seed | top-1 (%) | W avg | A avg | epochs | file |\n"
-                      "|---|---|---|---|---|---|---|---|\n| W2.0A2.0 | lba | 0 | 0.01 | 2.000 | 2.000 | 2 | lba |\n")
+                      "|---|---|---|---|---|---|---|---|\n"
+                      f"| W2.0A2.0 | lba | 0 | 0.01 | 2.000 | 2.000 | {get_profile('smoke').lba.epochs} | lba |\n")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allocation_frontier.py"), "--profile", "smoke",
                            "--out", str(tmp_path / "runs"), "--device", "cpu", "--seeds", "2", "--targets", "2,2",
                            "--report", str(report), "--figure", str(tmp_path / "frontier.png")],
@@ -106,6 +108,16 @@ def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
     assert not (tmp_path / "runs" / "lba-random-W2.0A2.0-s1.json").exists()
     text = report.read_text()
     assert random_s1 in text and ": 6 of 6. Kept from earlier sessions" in text and "1 of them from this same parent" in text
+    # a report whose runs trained LBA for another number of epochs (the quick profile went from 10 to 15) is refused,
+    # untouched: runs of today's schedule beside them would credit the longer training to the allocation
+    stale = tmp_path / "stale.md"
+    stale.write_text(text.replace(f" | {get_profile('smoke').lba.epochs} | lba", f" | {get_profile('smoke').lba.epochs + 1} | lba"))
+    assert stale.read_text() != text
+    refused = subprocess.run([str(stale) if a == str(report) else a for a in done.args], cwd=ROOT, capture_output=True,
+                             text=True, timeout=900)
+    assert refused.returncode != 0 and "LBA epochs, not the smoke profile's" in refused.stderr, refused.stderr[-3000:]
+    assert stale.read_text() == text.replace(f" | {get_profile('smoke').lba.epochs} | lba",
+                                             f" | {get_profile('smoke').lba.epochs + 1} | lba")
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 
 from dambq import workbook as wb
 from dambq.pipeline import stage_file
-from dambq.profiles import PROFILES
+from dambq.profiles import PROFILES, get_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -218,8 +218,8 @@ def test_frontier_rows_keep_the_reports_runs_from_other_parents(tmp_path):
     (runs / "lba.json").write_text(json.dumps({"stage": "lba", "finished": True, "targets": [2.0, 2.0], "seed": 0,
                                                "top1": 84.9, "weight_avg": 2.0, "act_avg": 2.0}))
     here = parent_label({"device": "CPU (Intel)", "top1": 86.19})
-    run = dict(target="W2.0A2.0", method="lba", seed=0, top1=84.9, weight_avg=2.0, act_avg=2.0, epochs_done=10,
-               file="lba")
+    run = dict(target="W2.0A2.0", method="lba", seed=0, top1=84.9, weight_avg=2.0, act_avg=2.0,
+               epochs_done=get_profile("quick").lba.epochs, file="lba")
     report = tmp_path / "frontier.md"
     report.write_text("\n".join(["# Allocation frontier", "", "Profile `quick` (...); device CPU (AMD).", ""]
                                 + frontier_run_lines([{**run, "parent": here},
@@ -249,3 +249,61 @@ def test_frontier_rows_keep_the_reports_runs_from_other_parents(tmp_path):
     report.write_text(old + "\n")
     assert {r["parent"] for r in wb.frontier_rows(tmp_path / "gone", report=report)} == {
         "CPU (AMD); W4A4 not recorded"}
+
+
+def test_frontier_rows_leave_out_runs_of_another_lba_schedule(tmp_path):
+    # the quick profile's LBA stage went from 10 to 15 epochs; notebook 03 then drew its 15-epoch LBA run beside the
+    # report's 10-epoch rivals and called LBA the winner by more than the seed range: longer training, credited
+    # to the allocation. Runs of another length (or profile) are left out, with a warning that says so.
+    import json
+
+    from dambq.report import frontier_run_lines
+    epochs = get_profile("quick").lba.epochs
+    runs = tmp_path / "quick"
+    runs.mkdir()
+    (runs / "w4a4.json").write_text(json.dumps({"stage": "w4a4", "device": "CPU", "top1": 86.5}))
+    (runs / "lba.json").write_text(json.dumps({"stage": "lba", "finished": True, "targets": [2.0, 2.0], "seed": 0,
+                                               "top1": 85.7, "weight_avg": 2.0, "act_avg": 2.0, "profile": "quick",
+                                               "epochs_done": epochs}))
+    run = dict(target="W2.0A2.0", method="uniform", seed=0, parent="CPU (AMD); W4A4 86.44", top1=84.2,
+               weight_avg=2.0, act_avg=2.0, epochs_done=epochs - 5, file="lba-W2.0A2.0-uniform-s0")
+    report = tmp_path / "frontier.md"
+    report.write_text("\n".join(["# Allocation frontier", "", "Profile `quick` (...); device CPU (AMD).", ""]
+                                + frontier_run_lines([run, {**run, "method": "lba", "top1": 84.6, "file": "lba"},
+                                                      {**run, "method": "random", "epochs_done": epochs}])) + "\n")
+    with pytest.warns(UserWarning, match=f"2 runs of .*frontier.md left out: .*{epochs - 5} LBA epochs"):
+        rows = wb.frontier_rows(runs, report=report, profile="quick")
+    assert sorted((r["method"], r["top1"]) for r in rows) == [("lba", 85.7), ("random", 84.2)]
+    # this folder's own runs of an older schedule are left out too
+    (runs / "lba.json").write_text(json.dumps({**json.loads((runs / "lba.json").read_text()), "epochs_done": 10}))
+    with pytest.warns(UserWarning, match=f"1 run of {runs} left out"):
+        rows = wb.frontier_rows(runs, profile="quick")
+    assert rows == []
+
+
+def test_command_line_paths_inside_the_repository_reach_the_notebooks_relative(tmp_path, monkeypatch):
+    # `python -m dambq.workbook --runs-dir runs/quick-e15 --commit-outputs` committed notebooks whose outputs named
+    # the machine's checkout ("runs in /work/main/runs/quick-e15/"): the notebooks run from the repository root,
+    # so a path inside it is handed over relative to it; a path outside stays absolute
+    monkeypatch.chdir(wb.REPO_ROOT / "notebooks")
+    assert wb.notebook_path("../runs/quick-e15") == "runs/quick-e15"
+    assert wb.notebook_path(str(wb.REPO_ROOT / "figures")) == "figures"
+    assert wb.notebook_path(str(tmp_path / "runs")) == str(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("path", sorted((wb.REPO_ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebooks_name_no_path_of_the_machine_that_ran_them(path):
+    # checked where the outputs were made: a clone elsewhere has another root, and the kernel's temporary files
+    # (a warning's "/tmp/ipykernel_123/456.py:1:") are another machine-specific path
+    text = path.read_text()
+    assert str(wb.REPO_ROOT) not in text
+    assert "/ipykernel_" not in text
+
+
+def test_notebook_warnings_show_without_the_kernels_temporary_file(monkeypatch, tmp_path):
+    import warnings
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    monkeypatch.chdir(tmp_path)
+    wb.setup("smoke", runs_dir=tmp_path / "runs", figures_dir=tmp_path / "figures", device="cpu")
+    shown = warnings.formatwarning("24 runs left out", UserWarning, "/tmp/ipykernel_1/2.py", 1)
+    assert shown == "UserWarning: 24 runs left out\n"
