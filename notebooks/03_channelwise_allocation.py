@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -149,9 +149,11 @@ results
 # `python benchmarks/allocation_frontier.py --profile <profile> --out <this runs folder>` trains, from the same W4A4
 # model, LBA, a second-order signal ("fisher"), random allocation and every channel at the target's bits, for
 # several targets and seeds. Drawn here: those runs in this runs folder, and the runs that its committed report
-# (`frontier_report`, when of this profile) lists from other W4A4 parents, each trained by an earlier session on
-# its own clone (runs folders stay out of git). Within one parent every method starts from the same model; the
-# error bars span every run, so they hold the parents' noise too.
+# (`frontier_report`) lists from other W4A4 parents, each trained by an earlier session on its own clone (runs
+# folders stay out of git). Within one parent every method starts from the same model; the error bars span every
+# run, so they hold the parents' noise too. Only runs of this profile's LBA schedule are drawn: a run trained for
+# another number of epochs (the quick profile's LBA stage went from 10 to 15 epochs) is left out with a warning,
+# since a longer schedule would pass for a better allocation.
 
 # %%
 rows = wb.frontier_rows(runs_dir, report=frontier_report, profile=profile)
@@ -161,8 +163,8 @@ if len({r["method"] for r in rows}) > 1:
     keep(fig, "03_allocation_frontier")
     print("\n".join(wb.frontier_verdict(rows)))
 else:
-    print(f"no frontier runs in {runs_dir} yet: python benchmarks/allocation_frontier.py --profile {profile} "
-          f"--out {runs_dir}")
+    print(f"no frontier runs of this profile's LBA schedule ({prof.lba.epochs} epochs) in {runs_dir} or "
+          f"{frontier_report} yet: python benchmarks/allocation_frontier.py --profile {profile} --out {runs_dir}")
 
 # %% [markdown]
 # ## Every published row
