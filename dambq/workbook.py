@@ -527,9 +527,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="copy the executed notebooks over notebooks/ (their first cell should name "
                              "the profile; tests check the outputs against it)")
     args = parser.parse_args(argv)
-    for key in ("data", "runs_dir", "float_checkpoint", "out", "figures_dir"):  # "figures": the repository's
+    for key in ("data", "runs_dir", "float_checkpoint", "figures_dir"):  # "figures": the repository's
         if getattr(args, key) and (key != "figures_dir" or args.figures_dir != "figures"):
             setattr(args, key, notebook_path(getattr(args, key)))
+    if args.out:  # where this process writes the executed copies: read from the caller's folder
+        args.out = str(Path(args.out).expanduser().resolve())
     profile = resolve_profile(args.profile)
     notebooks = NOTEBOOKS if not args.only else tuple(
         n for n in NOTEBOOKS if n.split("_")[0] in {s.strip().zfill(2) for s in args.only.split(",")})
