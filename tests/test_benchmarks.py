@@ -110,14 +110,15 @@ def test_allocation_frontier_dry_run_writes_every_method_and_seed(tmp_path):
     assert random_s1 in text and ": 6 of 6. Kept from earlier sessions" in text and "1 of them from this same parent" in text
     # a report whose runs trained LBA for another number of epochs (the quick profile went from 10 to 15) is refused,
     # untouched: runs of today's schedule beside them would credit the longer training to the allocation
+    epochs = get_profile("smoke").lba.epochs
+    stale_text = text.replace(f" | {epochs} | lba", f" | {epochs + 1} | lba")
+    assert stale_text != text
     stale = tmp_path / "stale.md"
-    stale.write_text(text.replace(f" | {get_profile('smoke').lba.epochs} | lba", f" | {get_profile('smoke').lba.epochs + 1} | lba"))
-    assert stale.read_text() != text
+    stale.write_text(stale_text)
     refused = subprocess.run([str(stale) if a == str(report) else a for a in done.args], cwd=ROOT, capture_output=True,
                              text=True, timeout=900)
     assert refused.returncode != 0 and "LBA epochs, not the smoke profile's" in refused.stderr, refused.stderr[-3000:]
-    assert stale.read_text() == text.replace(f" | {get_profile('smoke').lba.epochs} | lba",
-                                             f" | {get_profile('smoke').lba.epochs + 1} | lba")
+    assert stale.read_text() == stale_text
 
 
 @pytest.mark.slow

@@ -275,7 +275,7 @@ def test_frontier_rows_leave_out_runs_of_another_lba_schedule(tmp_path):
         rows = wb.frontier_rows(runs, report=report, profile="quick")
     assert sorted((r["method"], r["top1"]) for r in rows) == [("lba", 85.7), ("random", 84.2)]
     # this folder's own runs of an older schedule are left out too
-    (runs / "lba.json").write_text(json.dumps({**json.loads((runs / "lba.json").read_text()), "epochs_done": 10}))
+    (runs / "lba.json").write_text(json.dumps({**json.loads((runs / "lba.json").read_text()), "epochs_done": epochs - 5}))
     with pytest.warns(UserWarning, match=f"1 run of {runs} left out"):
         rows = wb.frontier_rows(runs, profile="quick")
     assert rows == []
@@ -283,7 +283,7 @@ def test_frontier_rows_leave_out_runs_of_another_lba_schedule(tmp_path):
 
 def test_command_line_paths_inside_the_repository_reach_the_notebooks_relative(tmp_path, monkeypatch):
     # `python -m dambq.workbook --runs-dir runs/quick-e15 --commit-outputs` committed notebooks whose outputs named
-    # the machine's checkout ("runs in /work/main/runs/quick-e15/"): the notebooks run from the repository root,
+    # the machine's checkout ("runs in <its absolute path>/runs/quick-e15/"): the notebooks run from the repository root,
     # so a path inside it is handed over relative to it; a path outside stays absolute
     monkeypatch.chdir(wb.REPO_ROOT / "notebooks")
     assert wb.notebook_path("../runs/quick-e15") == "runs/quick-e15"
